@@ -1,0 +1,25 @@
+# Shortcuts for developers; the README's two commands are the supported entry points.
+PY ?= .venv/bin/python
+
+.PHONY: venv test unit integration lint demo bench
+
+venv:
+	python3.11 -m venv .venv && .venv/bin/pip install -e '.[dev]'
+
+test:
+	$(PY) -m pytest
+
+unit:
+	$(PY) -m pytest -m "not integration"
+
+integration:
+	$(PY) -m pytest -m integration
+
+lint:
+	.venv/bin/ruff check raycat tests jobs bench
+
+demo:
+	.venv/bin/raycat demo
+
+bench:
+	$(PY) bench/data_pipeline.py

@@ -1,0 +1,5 @@
+import sys
+
+from raycat.cli import main
+
+sys.exit(main())

@@ -1,0 +1,138 @@
+"""`raycat COMMAND ...`: a table maps each command to its config dataclass and a plain function.
+
+A command's flags are its dataclass's fields; `--config FILE` supplies any of them from JSON or
+YAML, and flags given on the command line win. Exit status: 0 done, 2 bad usage or input, 1 a
+failure while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from typing import Any, Callable
+
+from raycat import __version__
+from raycat.config import (
+    CheckConfig,
+    ConfigError,
+    DemoConfig,
+    PredictConfig,
+    TrainConfig,
+    TuneConfig,
+    build,
+    flag_name,
+    load_config_file,
+)
+from raycat.layout import LayoutError
+
+
+class UsageError(ValueError):
+    """Bad input found before work starts (exit 2)."""
+
+
+class NotImplementedYet(UsageError):
+    pass
+
+
+def _not_yet(name: str) -> Callable[[Any], int]:
+    def run(cfg: Any) -> int:
+        raise NotImplementedYet(f"raycat {name}: not implemented yet")
+
+    return run
+
+
+def _lazy(module: str, func: str) -> Callable[[Any], int]:
+    # Import on use: `raycat --help` and `raycat check` don't pay for torch and Ray Train imports.
+    def run(cfg: Any) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), func)(cfg)
+
+    return run
+
+
+# command -> (config dataclass, function, one-line help)
+COMMANDS: dict[str, tuple[type, Callable[[Any], int], str]] = {
+    "demo": (DemoConfig, _lazy("raycat.demo", "run_demo"),
+             "make a small synthetic dataset and run lr-find, train and predict on it"),
+    "check": (CheckConfig, _lazy("raycat.check", "run_check"), "validate a dataset without training"),
+    "lr-find": (TrainConfig, _not_yet("lr-find"), "learning-rate range test on the new head"),
+    "train": (TrainConfig, _not_yet("train"), "the staged fast.ai recipe on Ray Train"),
+    "predict": (PredictConfig, _not_yet("predict"), "batch inference with test-time augmentation"),
+    "tune": (TuneConfig, _not_yet("tune"), "a Ray Tune sweep over the recipe's settings"),
+}
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    for f in sorted(fields, key=lambda f: not f.metadata.get("positional")):
+        help_ = f.metadata.get("help", "")
+        typ = hints[f.name]
+        if typing.get_origin(typ) is not None:  # Optional[X]
+            typ = next(a for a in typing.get_args(typ) if a is not type(None))
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, metavar=f.name.upper(), help=help_)
+            continue
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        if typ is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+            help_ += f" (default: {f.default})"
+        else:
+            kwargs["type"] = typ
+            kwargs["metavar"] = typ.__name__.upper()
+            help_ += f" (default: {f.default})"
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(flag_name(f.name), help=help_, **kwargs)
+    if cls is not DemoConfig and cls is not CheckConfig:
+        parser.add_argument("--config", metavar="FILE", default=None,
+                            help="JSON or YAML recipe whose keys are these flags' names; flags win")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raycat", description="The fast.ai image-classifier recipe as a distributed batch system on Ray.")
+    parser.add_argument("--version", action="version", version=f"raycat {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (cls, _, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=(cls.__doc__ or help_).strip())
+        _add_fields(p, cls)
+    return parser
+
+
+def parse_config(argv: list[str]) -> tuple[str, Any]:
+    """(command, its config) from the command line and any --config file."""
+    parser = make_parser()
+    ns = vars(parser.parse_args(argv))
+    command = ns.pop("command")
+    if command is None:
+        parser.print_help()
+        raise SystemExit(2)
+    cls = COMMANDS[command][0]
+    values: dict[str, Any] = {}
+    config_path = ns.pop("config", None)
+    if config_path:
+        values.update(load_config_file(config_path))
+    values.update(ns)  # flags given on the command line override the file
+    return command, build(cls, values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        command, cfg = parse_config(argv)
+        return int(COMMANDS[command][1](cfg) or 0)
+    except (ConfigError, LayoutError, UsageError) as e:
+        print(f"raycat: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raycat: interrupted; finished outputs were kept, nothing half-written was left", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - the top level turns any failure into exit 1 and a message
+        from raycat.errors import describe_failure
+
+        print(f"raycat: failed: {describe_failure(e)}", file=sys.stderr)
+        return 1

@@ -1,0 +1,28 @@
+"""Turning failures (often wrapped by Ray) into one line a user can act on."""
+
+from __future__ import annotations
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The innermost user-level exception inside Ray's wrappers (RayTaskError, TrainingFailedError)."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        inner = getattr(e, "cause", None) or e.__cause__
+        if isinstance(inner, BaseException):
+            e = inner
+            continue
+        # Train V2 keeps per-worker errors in a dict.
+        worker_errors = getattr(e, "worker_failures", None) or getattr(e, "errors", None)
+        if isinstance(worker_errors, dict) and worker_errors:
+            e = next(iter(worker_errors.values()))
+            continue
+        break
+    return e
+
+
+def describe_failure(e: BaseException) -> str:
+    cause = root_cause(e)
+    msg = str(cause).strip().splitlines()
+    text = msg[-1] if msg else ""
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__

@@ -1,0 +1,102 @@
+"""The image pipeline on Ray Data: list -> read and decode (once, cached) -> augment (every epoch).
+
+Decoded, resized images are materialised in Ray's object store (which spills to disk when memory
+is short), so decoding happens once per run. Augmentation is a lazy `map_batches` on top of that
+cache: every pass over the dataset (every epoch) runs it again with fresh random draws.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raycat import storage
+from raycat.augment import AugmentSpec, augment_batch, eval_batch
+from raycat.decode import DecodeError, load_image
+
+# Images per decode task: big enough to amortise task overhead, small enough to spread the work.
+DECODE_BATCH = 32
+AUGMENT_BATCH = 64
+
+
+def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """Read and decode a batch of {path, label}; bad files get an `error` and a blank image."""
+    paths = [str(p) for p in batch["path"]]
+    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    errors = []
+    for i, path in enumerate(paths):
+        try:
+            images[i] = load_image(storage.read_bytes(path), size)
+            errors.append("")
+        except DecodeError as e:
+            errors.append(str(e))
+        except (OSError, storage.StorageError) as e:
+            errors.append(f"unreadable: {e}")
+        except MemoryError:
+            errors.append("unreadable: out of memory while decoding")
+    return {
+        "path": np.asarray(paths, dtype=object),
+        "label": np.asarray(batch["label"], dtype=np.int64),
+        "image": images,
+        "error": np.asarray(errors, dtype=object),
+    }
+
+
+def _fresh_generator() -> torch.Generator:
+    # Seeded from the OS on every call, so every epoch (every pass) draws new augmentations.
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
+
+
+def augment_rows(batch: dict[str, np.ndarray], spec: AugmentSpec) -> dict[str, np.ndarray]:
+    x = augment_batch(batch["image"], spec, _fresh_generator())
+    return {"image": x.numpy(), "label": batch["label"]}
+
+
+def plain_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"image": eval_batch(batch["image"]).numpy(), "label": batch["label"]}
+
+
+@dataclass
+class CachedImages:
+    """Decoded images of one split, held by Ray, plus what could not be read."""
+
+    dataset: object  # ray.data.MaterializedDataset with columns path, label, image (uint8 HWC)
+    skipped: list[tuple[str, str]]  # (path, reason)
+    count: int
+
+    def augmented(self, spec: AugmentSpec):
+        """A lazy dataset of freshly augmented, normalised float32 CHW images each time it is read."""
+        return self.dataset.map_batches(augment_rows, fn_kwargs={"spec": spec}, batch_size=AUGMENT_BATCH)
+
+    def plain(self):
+        return self.dataset.map_batches(plain_rows, batch_size=AUGMENT_BATCH)
+
+
+def read_images(paths: list[str], labels: list[int], size: int):
+    """Lazy Ray dataset of decoded images (columns path, label, image, error)."""
+    import ray.data
+
+    items = [{"path": p, "label": int(y)} for p, y in zip(paths, labels, strict=True)]
+    n_blocks = max(1, min(len(items) // DECODE_BATCH + 1, 200))
+    return ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
+        decode_batch, fn_kwargs={"size": size}, batch_size=DECODE_BATCH
+    )
+
+
+def cache_images(paths: list[str], labels: list[int], size: int) -> CachedImages:
+    """Decode every image once; keep the good ones in Ray's object store, list the bad ones."""
+    decoded = read_images(paths, labels, size).materialize()
+    bad = decoded.map_batches(_rows_with_error, fn_kwargs={"bad": True}, batch_size=DECODE_BATCH * 4)
+    skipped = [(str(r["path"]), str(r["error"])) for r in bad.take_all()]
+    good = decoded.map_batches(_rows_with_error, fn_kwargs={"bad": False}, batch_size=DECODE_BATCH * 4).materialize()
+    return CachedImages(dataset=good, skipped=sorted(skipped), count=good.count())
+
+
+def _rows_with_error(batch: dict[str, np.ndarray], bad: bool) -> dict[str, np.ndarray]:
+    mask = np.asarray([e != "" for e in batch["error"]], dtype=bool)
+    if bad:
+        return {"path": batch["path"][mask], "error": batch["error"][mask]}
+    return {k: v[~mask] for k, v in batch.items() if k != "error"}

@@ -1,0 +1,254 @@
+"""The one place that opens paths and URIs: local folders and s3:// (any S3-compatible store).
+
+S3 is configured by the standard AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), which
+pyarrow reads itself. Every write is atomic: a file appears under its final name only when it is
+complete (local: write a temporary sibling, then rename; S3: a single PUT, which S3 makes visible
+only once whole). Writes to S3 retry with exponential backoff, so a store that blinks for a few
+seconds does not fail a job.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+import time
+import uuid
+from typing import Callable, TypeVar
+
+import pyarrow.fs as pafs
+
+T = TypeVar("T")
+
+# Seconds to wait between retries of a failed S3 call: 0.5, 1, 2, 4, 8 (about 15 s in all).
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+class StorageError(RuntimeError):
+    """A read or write failed after its retries; the message names the URI."""
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_s3(uri):
+        return posixpath.join(uri.rstrip("/"), *parts)
+    return os.path.join(uri, *parts)
+
+
+def basename(uri: str) -> str:
+    return posixpath.basename(str(uri).rstrip("/"))
+
+
+def _s3_filesystem() -> pafs.S3FileSystem:
+    # Region and endpoint come from the environment; an explicit endpoint (moto, MinIO) needs no
+    # region lookup. Retries inside pyarrow cover short blips; ours cover longer outages.
+    kwargs = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        kwargs["endpoint_override"] = endpoint
+        kwargs["scheme"] = "https" if endpoint.startswith("https") else "http"
+        kwargs["region"] = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a local path or an s3:// URI."""
+    uri = str(uri)
+    if is_s3(uri):
+        return _s3_filesystem(), uri[len("s3://"):].rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def _retry(what: str, fn: Callable[[], T], retries: bool) -> T:
+    delays = RETRY_DELAYS_S if retries else ()
+    for attempt in range(len(delays) + 1):
+        try:
+            return fn()
+        except FileNotFoundError:
+            raise
+        except OSError as e:  # pyarrow's I/O errors are OSErrors
+            if attempt == len(delays):
+                raise StorageError(f"{what}: {e}") from e
+            time.sleep(delays[attempt])
+    raise AssertionError("unreachable")
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return _retry(f"stat {uri}", lambda: fs.get_file_info(path).type != pafs.FileType.NotFound, is_s3(uri))
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return _retry(f"stat {uri}", lambda: fs.get_file_info(path).type == pafs.FileType.Directory, is_s3(uri))
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+
+    def read() -> bytes:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+    return _retry(f"read {uri}", read, is_s3(uri))
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file atomically: readers see the old file or the new one, never a part."""
+    if is_s3(uri):
+        fs, path = filesystem(uri)
+
+        def put() -> None:
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+
+        _retry(f"write {uri}", put, True)
+        return
+    path = os.path.abspath(uri)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def list_files(uri: str) -> list[str]:
+    """Every file under a folder, recursively, as URIs in sorted order.
+
+    Local trees are walked following symlinks, but each real folder is entered once, so a symlink
+    loop ends instead of recursing for ever. Hidden files and folders (".name") are left out.
+    """
+    uri = str(uri)
+    if is_s3(uri):
+        fs, path = filesystem(uri)
+        infos = _retry(
+            f"list {uri}",
+            lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)),
+            True,
+        )
+        out = []
+        for info in infos:
+            if info.type != pafs.FileType.File:
+                continue
+            rel = info.path[len(path):].lstrip("/")
+            if any(p.startswith(".") for p in rel.split("/")):
+                continue
+            out.append("s3://" + info.path)
+        return sorted(out)
+    root = os.path.abspath(uri)
+    out, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith("."):
+                full = os.path.join(dirpath, name)
+                if os.path.isfile(full):
+                    out.append(full)
+    return sorted(out)
+
+
+def list_dir(uri: str) -> list[str]:
+    """Names of the entries directly inside a folder (files and folders), sorted."""
+    fs, path = filesystem(uri)
+    infos = _retry(
+        f"list {uri}",
+        lambda: fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True)),
+        is_s3(uri),
+    )
+    return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
+
+
+def delete_tree(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        _retry(f"delete {uri}", lambda: fs.delete_file(path), is_s3(uri))
+    else:
+        _retry(f"delete {uri}", lambda: fs.delete_dir(path), is_s3(uri))
+
+
+def upload_tree(local_dir: str, uri: str) -> None:
+    """Copy a local folder's files to a folder URI, each file written atomically."""
+    for dirpath, _, filenames in os.walk(local_dir):
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, local_dir).replace(os.sep, "/")
+            with open(full, "rb") as f:
+                write_bytes(join(uri, *rel.split("/")), f.read())
+
+
+def publish_tree(local_dir: str, uri: str) -> None:
+    """Replace the folder at `uri` with the contents of `local_dir`.
+
+    The new files go to a staging folder beside the target first; only when all are written is the
+    old folder removed and the new one moved (local: renamed) into place, so a crash leaves either
+    the old folder or the new one, never a mix. On S3, which has no rename, the staged copy is
+    copied over after the old prefix is deleted; a crash in that short window leaves the staging
+    prefix, which the next run removes.
+    """
+    stage = uri.rstrip("/") + f".staging-{uuid.uuid4().hex[:8]}"
+    if not is_s3(uri):
+        import shutil
+
+        os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+        shutil.copytree(local_dir, stage)
+        old = None
+        if os.path.exists(uri):
+            old = uri.rstrip("/") + f".old-{uuid.uuid4().hex[:8]}"
+            os.replace(uri, old)
+        os.replace(stage, uri)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+        return
+    upload_tree(local_dir, stage)
+    delete_tree(uri)
+    fs, stage_path = filesystem(stage)
+    _, final_path = filesystem(uri)
+    for info in fs.get_file_info(pafs.FileSelector(stage_path, recursive=True)):
+        if info.type == pafs.FileType.File:
+            dst = final_path + info.path[len(stage_path):]
+            _retry(f"copy to s3://{dst}", lambda s=info.path, d=dst: fs.copy_file(s, d), True)
+    delete_tree(stage)
+
+
+def local_copy(uri: str, dest_dir: str | None = None) -> str:
+    """A local path holding the file or folder at `uri` (the path itself when already local)."""
+    if not is_s3(uri):
+        return os.path.abspath(uri)
+    dest_dir = dest_dir or tempfile.mkdtemp(prefix="raycat-")
+    if is_dir(uri):
+        for f in list_files(uri):
+            rel = f[len(uri.rstrip("/")) + 1:]
+            target = os.path.join(dest_dir, *rel.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as out:
+                out.write(read_bytes(f))
+        return dest_dir
+    target = os.path.join(dest_dir, basename(uri))
+    with open(target, "wb") as out:
+        out.write(read_bytes(uri))
+    return target

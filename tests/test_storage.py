@@ -1,0 +1,48 @@
+import os
+
+import pytest
+
+from raycat import storage
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    target = str(tmp_path / "sub" / "x.txt")
+    storage.write_text(target, "one")
+    storage.write_text(target, "two")
+    assert storage.read_text(target) == "two"
+    assert os.listdir(tmp_path / "sub") == ["x.txt"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = str(tmp_path / "x.bin")
+    storage.write_bytes(target, b"old")
+
+    def crash(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", crash)  # the write fails after some bytes went to disk
+    with pytest.raises(OSError, match="disk full"):
+        storage.write_bytes(target, b"new contents")
+    assert storage.read_bytes(target) == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["x.bin"]
+
+
+def test_list_files_recursive_sorted_and_hidden_skipped(tmp_path):
+    for rel in ["b/2.jpg", "a/1.jpg", ".hidden/3.jpg", "a/.DS_Store"]:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    got = [os.path.relpath(p, tmp_path) for p in storage.list_files(str(tmp_path))]
+    assert got == ["a/1.jpg", "b/2.jpg"]
+
+
+def test_publish_tree_replaces_a_folder_whole(tmp_path):
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "new.txt").write_text("n")
+    out = tmp_path / "out" / "predictions"
+    out.mkdir(parents=True)
+    (out / "old.txt").write_text("o")
+    storage.publish_tree(str(stage), str(out))
+    assert sorted(os.listdir(out)) == ["new.txt"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["predictions"]
