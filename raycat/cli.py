@@ -16,7 +16,6 @@ from typing import Any, Callable
 from raycat import __version__
 from raycat.config import (
     CheckConfig,
-    ConfigError,
     DemoConfig,
     PredictConfig,
     TrainConfig,
@@ -25,10 +24,10 @@ from raycat.config import (
     flag_name,
     load_config_file,
 )
-from raycat.layout import LayoutError
+from raycat.errors import BadInput
 
 
-class UsageError(ValueError):
+class UsageError(BadInput):
     """Bad input found before work starts (exit 2)."""
 
 
@@ -58,8 +57,8 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int], str]] = {
     "demo": (DemoConfig, _lazy("raycat.demo", "run_demo"),
              "make a small synthetic dataset and run lr-find, train and predict on it"),
     "check": (CheckConfig, _lazy("raycat.check", "run_check"), "validate a dataset without training"),
-    "lr-find": (TrainConfig, _not_yet("lr-find"), "learning-rate range test on the new head"),
-    "train": (TrainConfig, _not_yet("train"), "the staged fast.ai recipe on Ray Train"),
+    "lr-find": (TrainConfig, _lazy("raycat.train_job", "run_lr_find"), "learning-rate range test on the new head"),
+    "train": (TrainConfig, _lazy("raycat.train_job", "run_train"), "the staged fast.ai recipe on Ray Train"),
     "predict": (PredictConfig, _not_yet("predict"), "batch inference with test-time augmentation"),
     "tune": (TuneConfig, _not_yet("tune"), "a Ray Tune sweep over the recipe's settings"),
 }
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command, cfg = parse_config(argv)
         return int(COMMANDS[command][1](cfg) or 0)
-    except (ConfigError, LayoutError, UsageError) as e:
+    except BadInput as e:
         print(f"raycat: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

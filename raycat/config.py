@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raycat.augment import PRESETS
+from raycat.errors import BadInput
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnext50_32x4d")
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     """Bad flag or config value; the message names the flag or key."""
 
 

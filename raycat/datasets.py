@@ -44,25 +44,27 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
 def draw_shape(kind: str, rng: np.random.Generator, width: int = 80, height: int = 64) -> Image.Image:
     """One image of a shape class on a cluttered background."""
     # Background: a random two-colour gradient with pixel noise.
-    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    # Muted backgrounds (channels within +-50 of a random grey) keep the shape the main signal.
+    grey = rng.integers(60, 196)
+    c0, c1 = grey + rng.integers(-50, 51, 3), grey + rng.integers(-50, 51, 3)
     t = np.linspace(0, 1, width)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, height)[:, None, None]
     bg = c0 * (1 - t) + c1 * t
     bg = np.broadcast_to(bg, (height, width, 3)) + rng.normal(0, 12, (height, width, 3))
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     # Distractors: a few thin strokes in random colours.
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(int(rng.integers(0, 3))):
         xy = [tuple(rng.uniform(0, [width, height])) for _ in range(2)]
         draw.line(xy, fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=int(rng.integers(1, 3)))
     # The shape: a colour far enough from the background mean to be visible.
     mean = np.asarray(bg).reshape(-1, 3).mean(0)
     while True:
         colour = rng.integers(0, 256, 3)
-        if np.abs(colour - mean).sum() > 180:
+        if np.abs(colour - mean).sum() > 240:
             break
     fill = tuple(int(v) for v in colour)
     side = min(width, height)
-    r = rng.uniform(0.18, 0.38) * side
+    r = rng.uniform(0.22, 0.42) * side
     cx = rng.uniform(r, width - r)
     cy = rng.uniform(r, height - r)
     angle = rng.uniform(0, 2 * math.pi)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+class BadInput(ValueError):
+    """Bad usage or input, found before work starts: exit 2, the message names the flag, file or folder."""
+
+
 def root_cause(e: BaseException) -> BaseException:
     """The innermost user-level exception inside Ray's wrappers (RayTaskError, TrainingFailedError)."""
     seen = set()

@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from raycat import storage
+from raycat.errors import BadInput
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
-class LayoutError(ValueError):
+class LayoutError(BadInput):
     """The dataset's folders are not in the expected layout; the message names the folder."""
 
 

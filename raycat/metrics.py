@@ -1,0 +1,43 @@
+"""Metrics as pure functions of (logits or probabilities, labels)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(F.cross_entropy(logits.float(), labels.long()))
+
+
+def nll_of_probs(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(F.nll_loss(torch.log(probs.float().clamp_min(1e-12)), labels.long()))
+
+
+def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of argmax(scores) == labels; scores may be logits or probabilities."""
+    if len(labels) == 0:
+        return float("nan")
+    return float((scores.argmax(dim=1) == labels).float().mean())
+
+
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(n, n) counts: row = true class, column = predicted class."""
+    idx = labels.long() * n_classes + predicted.long()
+    return torch.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def precision_recall(cm: torch.Tensor) -> tuple[list[float | None], list[float | None]]:
+    """Per-class precision (by predicted column) and recall (by true row); None where undefined."""
+    tp = cm.diag().double()
+    col, row = cm.sum(0).double(), cm.sum(1).double()
+    prec = [float(t / c) if c > 0 else None for t, c in zip(tp, col, strict=True)]
+    rec = [float(t / r) if r > 0 else None for t, r in zip(tp, row, strict=True)]
+    return prec, rec
+
+
+def most_confused(cm: torch.Tensor, classes: list[str], min_count: int = 1) -> list[tuple[str, str, int]]:
+    """Off-diagonal (actual, predicted, count), largest first, as fast.ai's most_confused."""
+    out = [(classes[i], classes[j], int(cm[i, j])) for i in range(len(classes)) for j in range(len(classes))
+           if i != j and int(cm[i, j]) >= min_count]
+    return sorted(out, key=lambda t: (-t[2], t[0], t[1]))
