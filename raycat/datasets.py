@@ -41,19 +41,27 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     return [(cx + r * x, cy + r * y) for x, y in pts]
 
 
-def draw_shape(kind: str, rng: np.random.Generator, width: int = 80, height: int = 64) -> Image.Image:
-    """One image of a shape class on a cluttered background."""
+# Per-class colours of the `easy` variant: the class shows in the colour as well as the shape.
+EASY_COLOURS = {"circle": (220, 40, 40), "square": (40, 180, 40), "triangle": (40, 60, 220),
+                "star": (230, 200, 30), "cross": (200, 40, 200), "ring": (30, 200, 200)}
+
+
+def draw_shape(kind: str, rng: np.random.Generator, width: int = 80, height: int = 64,
+               clutter: bool = True, easy: bool = False) -> Image.Image:
+    """One image of a shape class; `clutter` adds gradient backgrounds and distracting strokes."""
     # Background: a random two-colour gradient with pixel noise.
     # Muted backgrounds (channels within +-50 of a random grey) keep the shape the main signal.
     grey = rng.integers(60, 196)
     c0, c1 = grey + rng.integers(-50, 51, 3), grey + rng.integers(-50, 51, 3)
+    if not clutter:
+        c1 = c0
     t = np.linspace(0, 1, width)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, height)[:, None, None]
     bg = c0 * (1 - t) + c1 * t
     bg = np.broadcast_to(bg, (height, width, 3)) + rng.normal(0, 12, (height, width, 3))
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     # Distractors: a few thin strokes in random colours.
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(int(rng.integers(0, 3)) if clutter else 0):
         xy = [tuple(rng.uniform(0, [width, height])) for _ in range(2)]
         draw.line(xy, fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=int(rng.integers(1, 3)))
     # The shape: a colour far enough from the background mean to be visible.
@@ -62,7 +70,7 @@ def draw_shape(kind: str, rng: np.random.Generator, width: int = 80, height: int
         colour = rng.integers(0, 256, 3)
         if np.abs(colour - mean).sum() > 240:
             break
-    fill = tuple(int(v) for v in colour)
+    fill = EASY_COLOURS[kind] if easy else tuple(int(v) for v in colour)
     side = min(width, height)
     r = rng.uniform(0.22, 0.42) * side
     cx = rng.uniform(r, width - r)
@@ -86,10 +94,15 @@ def make_shapes_dataset(
     seed: int = 0,
     min_side: int = 56,
     max_side: int = 96,
+    clutter: bool = True,
+    easy: bool = False,
 ) -> str:
     """Write root/train/<class>/, root/valid/<class>/ (and root/test/ if n_test); returns root.
 
-    `n_train` and `n_valid` are images per class. Deterministic for a given seed.
+    `n_train` and `n_valid` are images per class. Deterministic for a given seed. Without
+    `clutter` (flat backgrounds, no strokes) the task is easy enough to learn from scratch in
+    seconds; `easy` also gives each class its own colour, so a model learns it in a few steps
+    from scratch: the integration tests, which must train in seconds, use that.
     """
     unknown = [c for c in classes if c not in SHAPES]
     if unknown:
@@ -101,7 +114,7 @@ def make_shapes_dataset(
             os.makedirs(folder, exist_ok=True)
             for i in range(n):
                 w, h = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
-                img = draw_shape(c, rng, w, h)
+                img = draw_shape(c, rng, w, h, clutter and not easy, easy)
                 if i % 3 == 2:
                     img.save(os.path.join(folder, f"{c}_{i:04d}.png"))
                 else:
@@ -112,5 +125,5 @@ def make_shapes_dataset(
         for i in range(n_test):
             c = classes[int(rng.integers(0, len(classes)))]
             w, h = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
-            draw_shape(c, rng, w, h).save(os.path.join(folder, f"img_{i:04d}.jpg"), quality=90)
+            draw_shape(c, rng, w, h, clutter and not easy, easy).save(os.path.join(folder, f"img_{i:04d}.jpg"), quality=90)
     return root

@@ -121,9 +121,11 @@ def load_weights(model: Classifier, uri: str) -> None:
     usable = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
     body_keys = [k for k in own if k.startswith("body.")]
     missing_body = [k for k in body_keys if k not in usable]
-    if missing_body:
+    extra_body = [k for k in sd if k.startswith("body.") and k not in own]
+    if missing_body or extra_body:
+        example = (missing_body or extra_body)[0]
         raise WeightsError(f"--weights {uri}: does not fit the --arch body ({len(missing_body)} body tensors "
-                           f"missing or of another shape, e.g. {missing_body[0]})")
+                           f"missing or of another shape, {len(extra_body)} unknown; e.g. {example})")
     model.load_state_dict(usable, strict=False)
 
 

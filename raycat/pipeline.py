@@ -69,26 +69,35 @@ class CachedImages:
 
     def augmented(self, spec: AugmentSpec):
         """A lazy dataset of freshly augmented, normalised float32 CHW images each time it is read."""
-        return self.dataset.map_batches(augment_rows, fn_kwargs={"spec": spec}, batch_size=AUGMENT_BATCH)
+        return self.dataset.randomize_block_order().map_batches(augment_rows, fn_kwargs={"spec": spec},
+                                                                 batch_size=AUGMENT_BATCH)
 
     def plain(self):
         return self.dataset.map_batches(plain_rows, batch_size=AUGMENT_BATCH)
 
 
-def read_images(paths: list[str], labels: list[int], size: int):
-    """Lazy Ray dataset of decoded images (columns path, label, image, error)."""
+def read_images(paths: list[str], labels: list[int], size: int, shuffle_seed: int | None = None):
+    """Lazy Ray dataset of decoded images (columns path, label, image, error).
+
+    With `shuffle_seed` the rows are put in a random (but reproducible) order first. Folder
+    listings come sorted by class, and Ray splits and shuffles by blocks of rows: without this,
+    blocks (and so workers and batches) would each hold one or two classes.
+    """
     import ray.data
 
     items = [{"path": p, "label": int(y)} for p, y in zip(paths, labels, strict=True)]
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(len(items))
+        items = [items[i] for i in order]
     n_blocks = max(1, min(len(items) // DECODE_BATCH + 1, 200))
     return ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
         decode_batch, fn_kwargs={"size": size}, batch_size=DECODE_BATCH
     )
 
 
-def cache_images(paths: list[str], labels: list[int], size: int) -> CachedImages:
+def cache_images(paths: list[str], labels: list[int], size: int, shuffle_seed: int | None = None) -> CachedImages:
     """Decode every image once; keep the good ones in Ray's object store, list the bad ones."""
-    decoded = read_images(paths, labels, size).materialize()
+    decoded = read_images(paths, labels, size, shuffle_seed).materialize()
     bad = decoded.map_batches(_rows_with_error, fn_kwargs={"bad": True}, batch_size=DECODE_BATCH * 4)
     skipped = [(str(r["path"]), str(r["error"])) for r in bad.take_all()]
     good = decoded.map_batches(_rows_with_error, fn_kwargs={"bad": False}, batch_size=DECODE_BATCH * 4).materialize()

@@ -54,7 +54,7 @@ def fit_recipe(cfg: TrainConfig, only_lr_find: bool = False, run_config=None, ca
 
     ray_session.connect(cfg.address)
     t0 = time.time()
-    train = pipeline.cache_images(layout.train.paths, layout.train.labels, cfg.size)
+    train = pipeline.cache_images(layout.train.paths, layout.train.labels, cfg.size, shuffle_seed=cfg.seed)
     valid = pipeline.cache_images(layout.valid.paths, layout.valid.labels, cfg.size)
     for name, c in (("train", train), ("valid", valid)):
         if c.count == 0:

@@ -1,0 +1,90 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raycat import lr_find
+from raycat.schedules import lr_find_lr
+
+
+def synthetic_curve(n=100, valley_at=1e-2):
+    """A loss flat at low rates, falling over 3 decades to a minimum at `valley_at`, then exploding."""
+    lrs = [lr_find_lr(i, n) for i in range(n)]
+    x = np.log10(lrs)
+    v = math.log10(valley_at)
+    loss = np.where(x < v - 3, 2.0, np.where(x < v, 2.0 - 1.5 * (x - (v - 3)) / 3, 0.5 + 8 * (x - v) ** 2))
+    return lrs, loss.tolist()
+
+
+def test_valley_suggestion_on_a_synthetic_curve():
+    lrs, loss = synthetic_curve(valley_at=1e-2)
+    s = lr_find.suggest_valley(lrs, loss)
+    # The valley spans 1e-5..1e-2; fast.ai's pick is half-way through it: about 1e-3.5.
+    assert 10**-4 <= s <= 10**-3
+    assert s == pytest.approx(lrs[int(np.argmin(np.abs(np.log10(lrs) + 3.5)))], rel=0.25)
+
+
+def test_steepest_suggestion_on_a_synthetic_curve():
+    lrs = [lr_find_lr(i, 100) for i in range(100)]
+    x = np.log10(lrs)
+    loss = (2 - np.tanh((x + 3) * 2)).tolist()  # steepest where x = -3
+    assert lr_find.suggest_steepest(lrs, loss) == pytest.approx(1e-3, rel=0.2)
+
+
+def test_ema_is_bias_corrected():
+    assert lr_find.ema_smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    s = lr_find.ema_smooth([1.0, 3.0], beta=0.5)
+    assert s == pytest.approx([1.0, (0.25 * 1 + 0.5 * 3) / 0.75])
+
+
+def test_range_test_stops_when_the_loss_diverges():
+    def step(lr):
+        return 1.0 if lr < 1e-2 else 1e6
+
+    lrs, losses, smoothed = lr_find.range_test(step, 100)
+    assert len(lrs) < 100 and lrs[-1] >= 1e-2
+    assert lr_find.diverged(smoothed[-1], min(smoothed[:-1]))
+
+
+def test_range_test_stops_on_nan():
+    lrs, _, _ = lr_find.range_test(lambda lr: float("nan") if lr > 1e-3 else 1.0, 100)
+    assert lrs[-1] > 1e-3 and len(lrs) < 100
+
+
+def test_sweep_steps():
+    assert lr_find.sweep_steps(500) == 100 and lr_find.sweep_steps(60) == 60 and lr_find.sweep_steps(20) == 50
+    assert lr_find.sweep_steps(5, cheap=True) == 100
+
+
+def test_recipe_lr_find_restores_weights_and_bn_bit_for_bit():
+    from raycat.augment import AugmentSpec
+    from raycat.config import TrainConfig
+    from raycat.distributed import LocalComm
+    from raycat.memory_data import InMemoryData
+    from raycat.model import create_model, unfreeze
+    from raycat.recipe import Recipe
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", 3, "none")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 3, 24)
+    cfg = TrainConfig(data="d", out="o", arch="resnet18", weights="none", size=32, batch_size=8)
+    data = InMemoryData(x, y, x[:8], y[:8], model, AugmentSpec("side_on"), 8)
+    unfreeze(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    found = Recipe(cfg, model, data, LocalComm(), torch.device("cpu"), log=lambda s: None).lr_find("t", False)
+    assert len(found["lr"]) > 5
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # includes BN running stats
+    assert F.mse_loss(before["head.6.weight"], after["head.6.weight"]) == 0
+
+
+def test_recipe_suggestion_is_a_tenth_of_the_minimum():
+    lrs, loss = synthetic_curve(valley_at=1e-2)
+    assert lr_find.suggestion(lrs, loss) == pytest.approx(lrs[int(np.argmin(loss))] / 10)
+    assert 5e-4 <= lr_find.suggestion(lrs, loss) <= 2e-3
+    with pytest.raises(ValueError, match="NaN"):
+        lr_find.suggest_minimum([1e-3, 1e-2], [float("nan"), float("inf")])

@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raycat.config import ARCHS
+from raycat.model import (
+    WeightsError,
+    create_model,
+    differential_lrs,
+    freeze,
+    group_parameters,
+    layer_groups,
+    load_weights,
+    make_optimizer,
+    set_train_mode,
+    unfreeze,
+)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_groups_cover_every_parameter_exactly_once(arch):
+    model = create_model(arch, 5, "none")
+    ids = [id(p) for ps in group_parameters(model) for p in ps]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    assert len(layer_groups(model)) == 3
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
+
+
+def test_head_is_fastai_s():
+    head = create_model("resnet18", 4, "none").head
+    kinds = [type(m).__name__ for m in head]
+    assert kinds == ["BatchNorm1d", "Dropout", "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear"]
+    assert head[0].num_features == 1024  # concat of avg and max pooling of 512 channels
+
+
+def test_frozen_weights_and_bn_statistics_do_not_move():
+    torch.manual_seed(0)
+    model = create_model("resnet18", 3, "none")
+    freeze(model)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("body.")}
+    head_before = model.head[2].weight.clone()
+    opt = make_optimizer(model, [0.1, 0.1, 0.1])
+    set_train_mode(model)
+    loss = F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    assert all(torch.equal(frozen[k], after[k]) for k in frozen)  # weights and running_mean/var
+    assert not torch.equal(head_before, model.head[2].weight)
+
+
+def test_unfreeze_trains_everything_and_bn_stats_move():
+    torch.manual_seed(0)
+    model = create_model("resnet18", 3, "none")
+    unfreeze(model)
+    rm = model.body.bn1.running_mean.clone()
+    set_train_mode(model)
+    model(torch.randn(4, 3, 32, 32))
+    assert not torch.equal(rm, model.body.bn1.running_mean)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_optimizer_groups_carry_differential_rates():
+    model = create_model("resnet18", 3, "none")
+    lrs = differential_lrs(0.01, 3.0)
+    assert lrs == pytest.approx([0.01 / 9, 0.01 / 3, 0.01])
+    opt = make_optimizer(model, lrs)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx(lrs)
+    assert [len(g["params"]) for g in opt.param_groups] == [len(ps) for ps in group_parameters(model)]
+
+
+def test_weights_from_a_raycat_model_replace_a_head_of_another_size(tmp_path):
+    src = create_model("resnet18", 5, "none")
+    (tmp_path / "model").mkdir()
+    torch.save(src.state_dict(), tmp_path / "model" / "weights.pt")
+    dst = create_model("resnet18", 3, "none")
+    load_weights(dst, str(tmp_path))
+    assert torch.equal(dst.body.conv1.weight, src.body.conv1.weight)
+    assert dst.head[-1].out_features == 3
+
+
+def test_weights_from_a_torchvision_state_dict(tmp_path):
+    import torchvision
+
+    tv = torchvision.models.resnet18(num_classes=10)
+    torch.save(tv.state_dict(), tmp_path / "tv.pt")
+    model = create_model("resnet18", 3, str(tmp_path / "tv.pt"))
+    assert torch.equal(model.body.layer4[1].conv2.weight, tv.layer4[1].conv2.weight)
+
+
+def test_bad_weights_are_clear_errors(tmp_path):
+    with pytest.raises(WeightsError, match="no such file"):
+        create_model("resnet18", 3, str(tmp_path / "missing.pt"))
+    torch.save(create_model("resnet34", 3, "none").state_dict(), tmp_path / "r34.pt")
+    with pytest.raises(WeightsError, match="does not fit the --arch body"):
+        create_model("resnet18", 3, str(tmp_path / "r34.pt"))
+
+
+def test_a_pickle_carrying_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(WeightsError, match="not a loadable state dict"):
+        create_model("resnet18", 3, str(tmp_path / "evil.pt"))
+    assert not marker.exists()
+
+
+def test_imagenet_download_failure_suggests_alternatives(monkeypatch):
+    import torch.hub
+
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsError, match="--weights none"):
+        create_model("resnet18", 3, "imagenet")
+
+
+def test_features_are_what_the_head_consumes():
+    model = create_model("resnet18", 3, "none").eval()
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32))
+    assert torch.allclose(model.head(model.features(x)), model(x))

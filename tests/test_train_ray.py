@@ -1,0 +1,90 @@
+"""Integration: `raycat train` with 2 Ray Train workers on a tiny generated dataset."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from raycat.cli import main
+from raycat.datasets import make_shapes_dataset
+
+pytestmark = pytest.mark.integration
+
+CHECK_OUTPUTS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bin", "check-outputs")
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    data = make_shapes_dataset(str(root / "data"), classes=("circle", "square", "triangle"), n_train=60,
+                               n_valid=12, seed=0, easy=True)
+    out = str(root / "out")
+    rc = main(["train", data, "--out", out, "--arch", "resnet18", "--weights", "none", "--size", "64",
+               "--batch-size", "16", "--workers", "2", "--precompute-epochs", "1", "--head-cycles", "1",
+               "--unfrozen-cycles", "3", "--cycle-mult", "2", "--lr-mult", "3", "--patience", "10", "--tta", "2"])
+    assert rc == 0
+    return out
+
+
+def test_every_contract_output_is_written(trained):
+    if os.path.exists(CHECK_OUTPUTS):
+        r = subprocess.run([sys.executable, CHECK_OUTPUTS, "train", trained], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+    for name in ["model/weights.pt", "model/model.json", "history.csv", "history.png", "steps.csv", "lr_find.csv",
+                 "lr_find.png", "lr_find_unfrozen.csv", "lr_find_unfrozen.png", "metrics.json",
+                 "confusion_matrix.csv", "confusion_matrix.png"]:
+        assert os.path.getsize(os.path.join(trained, name)) > 0, name
+    sd = torch.load(os.path.join(trained, "model", "weights.pt"), weights_only=True)
+    card = json.load(open(os.path.join(trained, "model", "model.json")))
+    assert card["classes"] == ["circle", "square", "triangle"] and card["arch"] == "resnet18" and card["size"] == 64
+    assert "head.6.weight" in sd and sd["head.6.weight"].shape[0] == 3
+
+
+def test_every_stage_ran(trained):
+    hist = rows(os.path.join(trained, "history.csv"))
+    stages = [r["stage"] for r in hist]
+    assert stages == ["precompute", "head"] + ["unfrozen"] * 7  # 1 + 2 + 4 epochs after unfreezing
+    assert [int(r["epoch"]) for r in hist if r["stage"] == "unfrozen"] == list(range(1, 8))
+
+
+def test_steps_show_cosine_restarts_at_cycle_boundaries(trained):
+    steps = [r for r in rows(os.path.join(trained, "steps.csv")) if r["stage"] == "unfrozen"]
+    lr = [float(r["lr_head"]) for r in steps]
+    step = [int(r["step"]) for r in steps]
+    spe = math.ceil((180 // 2) / 16)  # rows per worker / batch size
+    assert step == list(range(7 * spe))
+    base = lr[0]
+    for restart in (0, spe, 3 * spe):  # cycles of 1, 2 and 4 epochs
+        assert lr[restart] == pytest.approx(base)
+        assert lr[restart - 1] < 0.2 * base if restart else True
+    assert lr[spe + spe] == pytest.approx(base / 2)  # half-way through the 2-epoch cycle
+    assert all(lr[i + 1] < lr[i] for i in range(len(lr) - 1) if i + 1 not in (spe, 3 * spe))
+
+
+def test_unfrozen_group_rates_stand_in_the_ratio_m(trained):
+    for r in rows(os.path.join(trained, "steps.csv")):
+        if r["stage"] == "unfrozen" and float(r["lr_head"]) > 0:
+            assert float(r["lr_late"]) == pytest.approx(float(r["lr_head"]) / 3)
+            assert float(r["lr_early"]) == pytest.approx(float(r["lr_head"]) / 9)
+        if r["stage"] in ("precompute", "head"):
+            assert float(r["lr_early"]) == 0 and float(r["lr_late"]) == 0
+
+
+def test_accuracy_is_well_above_chance_and_metrics_agree(trained):
+    m = json.load(open(os.path.join(trained, "metrics.json")))
+    assert m["valid_accuracy"] >= 0.6  # chance is 1/3
+    assert m["epochs"] == 9 and m["classes"] == ["circle", "square", "triangle"]
+    with open(os.path.join(trained, "confusion_matrix.csv")) as f:
+        cm = [[int(v) for v in r[1:]] for r in list(csv.reader(f))[1:]]
+    assert sum(map(sum, cm)) == 36
+    assert sum(cm[i][i] for i in range(3)) / 36 == pytest.approx(m["valid_accuracy"], abs=1e-6)
