@@ -35,10 +35,12 @@ class BodyFeatures:
 
 def precompute(dataset, arch: str, n_classes: int, state_ref, workers: int, use_gpu: bool):
     """A materialised dataset of {features, label} for a cached image dataset."""
+    import ray.data
+
     return dataset.map_batches(
         BodyFeatures,
         fn_constructor_kwargs={"arch": arch, "n_classes": n_classes, "state": state_ref, "use_gpu": use_gpu},
         batch_size=FEATURE_BATCH,
-        concurrency=max(1, workers),
+        compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
         num_gpus=1 if use_gpu else None,
     ).materialize()

@@ -57,12 +57,14 @@ def write_dicts(uri: str, rows: list[dict], columns: list[str] | None = None) ->
     write_csv(uri, columns, ([r.get(c) for c in columns] for r in rows))
 
 
-def model_card(arch: str, classes: list[str], size: int) -> dict:
+def model_card(arch: str, classes: list[str], size: int, aug: str = "side_on", max_zoom: float = 1.1) -> dict:
+    # aug and max_zoom travel with the model: predict's TTA views use the training augmentation.
     return {"arch": arch, "classes": list(classes), "size": size, "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD), "raycat_version": __version__}
+            "std": list(IMAGENET_STD), "raycat_version": __version__, "aug": aug, "max_zoom": max_zoom}
 
 
-def write_model(out: str, state_dict: dict, arch: str, classes: list[str], size: int) -> None:
+def write_model(out: str, state_dict: dict, arch: str, classes: list[str], size: int, aug: str = "side_on",
+                max_zoom: float = 1.1) -> None:
     """model/weights.pt (a plain state dict, loadable with weights_only=True) and model/model.json.
 
     The weights go first: model.json is what marks a folder as a raycat model, so a crash between
@@ -71,7 +73,7 @@ def write_model(out: str, state_dict: dict, arch: str, classes: list[str], size:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
     storage.write_bytes(storage.join(out, "model", "weights.pt"), buf.getvalue())
-    write_json(storage.join(out, "model", "model.json"), model_card(arch, classes, size))
+    write_json(storage.join(out, "model", "model.json"), model_card(arch, classes, size, aug, max_zoom))
 
 
 def write_lr_find(out: str, name: str, found: dict) -> None:

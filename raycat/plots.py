@@ -49,8 +49,8 @@ def history_png(history: list[dict]) -> bytes:
         if i == len(history) or history[i]["stage"] != history[start]["stage"]:
             for ax in (ax1, ax2):
                 ax.axvspan(start + 0.5, i + 0.5, alpha=0.08 if (start % 2 == 0) else 0.16, color="0.3")
-            ax1.text((start + i + 1) / 2, 1.0, history[start]["stage"], transform=ax1.get_xaxis_transform(),
-                     ha="center", va="bottom", fontsize=8)
+            ax1.text((start + i + 1) / 2, 1.01, history[start]["stage"], transform=ax1.get_xaxis_transform(),
+                     ha="left", va="bottom", fontsize=7, rotation=30)
             start = i
     ax1.set_xlabel("epoch (all stages)")
     ax1.set_ylabel("cross-entropy")

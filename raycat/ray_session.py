@@ -28,3 +28,5 @@ def connect(address: str | None = None) -> None:
     ctx = ray.data.DataContext.get_current()
     # Row order matters for reproducible shards and for matching predictions to paths in tests.
     ctx.execution_options.preserve_order = True
+    # Progress bars stay; the plan printed at the start of every dataset execution does not.
+    ctx.print_on_execution_start = False

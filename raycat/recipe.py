@@ -295,7 +295,8 @@ class Recipe:
                 # suggestion, not the head's rate, sets the unfrozen stage's rate.
                 state.unfrozen_lr = self.cfg.lr or found["suggestion"]
             elif unit == "unfrozen" and state.stopped_early:
-                pass
+                if i < len(units) - 1:
+                    continue  # nothing ran: no new state to save
             else:
                 self._epoch(state, unit, epoch)
             state.seconds += time.time() - t0

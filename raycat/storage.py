@@ -201,38 +201,60 @@ def upload_tree(local_dir: str, uri: str) -> None:
                 write_bytes(join(uri, *rel.split("/")), f.read())
 
 
-def publish_tree(local_dir: str, uri: str) -> None:
-    """Replace the folder at `uri` with the contents of `local_dir`.
+def staging_uri(uri: str) -> str:
+    """A fresh sibling of `uri` to build a folder in before it replaces `uri` (see replace_tree)."""
+    return uri.rstrip("/") + f".staging-{uuid.uuid4().hex[:8]}"
 
-    The new files go to a staging folder beside the target first; only when all are written is the
-    old folder removed and the new one moved (local: renamed) into place, so a crash leaves either
-    the old folder or the new one, never a mix. On S3, which has no rename, the staged copy is
-    copied over after the old prefix is deleted; a crash in that short window leaves the staging
-    prefix, which the next run removes.
+
+def replace_tree(staged: str, uri: str) -> None:
+    """Make the folder `staged` the folder `uri`, dropping what `uri` held before.
+
+    Local: two renames, so a crash leaves the old folder or the new one, never a mix. S3 has no
+    rename: the old prefix is deleted, the staged objects copied over, then the staging prefix
+    deleted; a crash in that window leaves a partial folder *and* the complete staging prefix,
+    and the next run replaces both.
     """
-    stage = uri.rstrip("/") + f".staging-{uuid.uuid4().hex[:8]}"
     if not is_s3(uri):
         import shutil
 
-        os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
-        shutil.copytree(local_dir, stage)
         old = None
         if os.path.exists(uri):
             old = uri.rstrip("/") + f".old-{uuid.uuid4().hex[:8]}"
             os.replace(uri, old)
-        os.replace(stage, uri)
+        os.replace(staged, uri)
         if old:
             shutil.rmtree(old, ignore_errors=True)
         return
-    upload_tree(local_dir, stage)
     delete_tree(uri)
-    fs, stage_path = filesystem(stage)
+    fs, stage_path = filesystem(staged)
     _, final_path = filesystem(uri)
     for info in fs.get_file_info(pafs.FileSelector(stage_path, recursive=True)):
         if info.type == pafs.FileType.File:
             dst = final_path + info.path[len(stage_path):]
             _retry(f"copy to s3://{dst}", lambda s=info.path, d=dst: fs.copy_file(s, d), True)
-    delete_tree(stage)
+    delete_tree(staged)
+
+
+def publish_tree(local_dir: str, uri: str) -> None:
+    """Replace the folder at `uri` with the contents of `local_dir` (staged, then replace_tree)."""
+    stage = staging_uri(uri)
+    if is_s3(uri):
+        upload_tree(local_dir, stage)
+    else:
+        import shutil
+
+        os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+        shutil.copytree(local_dir, stage)
+    replace_tree(stage, uri)
+
+
+def remove_stale_staging(parent: str) -> None:
+    """Delete staging folders a crashed run left in `parent`."""
+    if not exists(parent):
+        return
+    for name in list_dir(parent):
+        if ".staging-" in name or ".old-" in name:
+            delete_tree(join(parent, name))
 
 
 def local_copy(uri: str, dest_dir: str | None = None) -> str:

@@ -34,6 +34,8 @@ def _run_config(cfg: TrainConfig, name: str):
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         # A worker that dies is replaced and the run goes on from the latest checkpoint.
         failure_config=ray.train.FailureConfig(max_failures=3),
+        # Ray's per-report INFO lines would bury the epoch table; warnings and errors still show.
+        logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         **kwargs,
     )
 
@@ -108,7 +110,7 @@ def fit_recipe(cfg: TrainConfig, only_lr_find: bool = False, run_config=None, ca
 
 def write_train_outputs(cfg: TrainConfig, state: RecipeState, classes: list[str], skipped, extra: dict) -> None:
     out = cfg.out
-    outputs.write_model(out, state.model_state, cfg.arch, classes, cfg.size)
+    outputs.write_model(out, state.model_state, cfg.arch, classes, cfg.size, cfg.aug, cfg.max_zoom)
     outputs.write_dicts(storage.join(out, "history.csv"), state.history, HISTORY_COLUMNS)
     from raycat import plots
 

@@ -27,7 +27,7 @@ def rows(path):
 def trained(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     data = make_shapes_dataset(str(root / "data"), classes=("circle", "square", "triangle"), n_train=60,
-                               n_valid=12, seed=0, easy=True)
+                               n_valid=12, seed=0, easy=True, clutter=False)
     out = str(root / "out")
     rc = main(["train", data, "--out", out, "--arch", "resnet18", "--weights", "none", "--size", "64",
                "--batch-size", "16", "--workers", "2", "--precompute-epochs", "1", "--head-cycles", "1",
