@@ -96,7 +96,10 @@ def random_matrices(n: int, spec: AugmentSpec, gen: torch.Generator) -> torch.Te
 
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1]."""
-    t = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    if isinstance(images, np.ndarray):
+        # Ray hands out read-only views of its object store; torch wants writable memory.
+        images = np.require(images, requirements=["C", "W"])
+    t = torch.as_tensor(images) if isinstance(images, np.ndarray) else images
     return t.permute(0, 3, 1, 2).float().div_(255.0)
 
 
@@ -124,13 +127,28 @@ def eval_batch(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return normalize(to_float(images))
 
 
-def augment_batch(images: np.ndarray | torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
-    """A freshly augmented view of every image in the batch."""
+def augment_unit(images: np.ndarray | torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
+    """A freshly augmented view of every image, float32 (N, 3, H, W) in [0, 1], not yet normalised."""
     x = to_float(images)
     if spec.preset == "none":
-        return normalize(x)
+        return x
     n = x.shape[0]
     x = warp(x, random_matrices(n, spec, gen))
     b = (torch.rand(n, generator=gen) * 2 - 1) * spec.max_lighting
     c = (torch.rand(n, generator=gen) * 2 - 1) * spec.max_lighting
-    return normalize(lighting(x, b, c))
+    return lighting(x, b, c)
+
+
+def augment_batch(images: np.ndarray | torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
+    """A freshly augmented, normalised view of every image in the batch."""
+    return normalize(augment_unit(images, spec, gen))
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats to uint8, for shipping between processes at a quarter of the bytes."""
+    return x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def normalize_uint8_chw(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> normalised float32: the consumer's half of the pipeline."""
+    return normalize(x.float().div_(255.0))

@@ -35,7 +35,9 @@ class RayShardData:
         self.shuffle_rows = 8 * self.bs
 
     def train_images(self):
-        for b in self._train_images.iter_torch_batches(batch_size=self.bs,
+        from raycat.pipeline import collate_normalized
+
+        for b in self._train_images.iter_torch_batches(batch_size=self.bs, collate_fn=collate_normalized,
                                                        local_shuffle_buffer_size=self.shuffle_rows):
             yield b["image"], b["label"]
 

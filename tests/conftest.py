@@ -87,3 +87,20 @@ def ray_local(s3_server):
     ray_session.connect(None)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def trained_run(ray_local, tmp_path_factory):
+    """One `raycat train` with 2 workers on tiny easy data, shared by the train and predict tests."""
+    from raycat.cli import main
+    from raycat.datasets import make_shapes_dataset
+
+    root = tmp_path_factory.mktemp("train")
+    data = make_shapes_dataset(str(root / "data"), classes=("circle", "square", "triangle"), n_train=60,
+                               n_valid=12, seed=0, easy=True, clutter=False)
+    out = str(root / "out")
+    rc = main(["train", data, "--out", out, "--arch", "resnet18", "--weights", "none", "--size", "64",
+               "--batch-size", "16", "--workers", "2", "--precompute-epochs", "1", "--head-cycles", "1",
+               "--unfrozen-cycles", "3", "--cycle-mult", "2", "--lr-mult", "3", "--patience", "10", "--tta", "2"])
+    assert rc == 0
+    return {"data": data, "out": out}

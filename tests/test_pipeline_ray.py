@@ -48,12 +48,15 @@ def test_batches_are_normalised_float_tensors_and_augmentation_changes_each_epoc
     aug = cached.augmented(AugmentSpec("side_on", max_zoom=1.3))
     epochs = []
     for _ in range(2):
-        batches = list(aug.iter_torch_batches(batch_size=8))
+        batches = list(aug.iter_torch_batches(batch_size=8, collate_fn=pipeline.collate_normalized))
         x = torch.cat([b["image"] for b in batches])
         assert x.shape == (len(lay.valid), 3, 32, 32) and x.dtype == torch.float32
         assert -3 < x.mean().item() < 3 and 0.3 < x.std().item() < 3  # ImageNet-normalised range
         epochs.append(x)
     assert not torch.allclose(epochs[0], epochs[1])  # fresh draws every pass
-    plain = torch.cat([b["image"] for b in cached.plain().iter_torch_batches(batch_size=8)])
-    again = torch.cat([b["image"] for b in cached.plain().iter_torch_batches(batch_size=8)])
+    plain = torch.cat([b["image"] for b in cached.plain().iter_torch_batches(
+        batch_size=8, collate_fn=pipeline.collate_normalized)])
+    again = torch.cat([b["image"] for b in cached.plain().iter_torch_batches(
+        batch_size=8, collate_fn=pipeline.collate_normalized)])
+    assert plain.dtype == torch.float32 and plain.shape == (len(lay.valid), 3, 32, 32)
     assert torch.equal(plain, again)  # the validation view is deterministic

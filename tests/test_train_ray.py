@@ -10,9 +10,6 @@ import sys
 import pytest
 import torch
 
-from raycat.cli import main
-from raycat.datasets import make_shapes_dataset
-
 pytestmark = pytest.mark.integration
 
 CHECK_OUTPUTS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bin", "check-outputs")
@@ -24,16 +21,8 @@ def rows(path):
 
 
 @pytest.fixture(scope="module")
-def trained(ray_local, tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    data = make_shapes_dataset(str(root / "data"), classes=("circle", "square", "triangle"), n_train=60,
-                               n_valid=12, seed=0, easy=True, clutter=False)
-    out = str(root / "out")
-    rc = main(["train", data, "--out", out, "--arch", "resnet18", "--weights", "none", "--size", "64",
-               "--batch-size", "16", "--workers", "2", "--precompute-epochs", "1", "--head-cycles", "1",
-               "--unfrozen-cycles", "3", "--cycle-mult", "2", "--lr-mult", "3", "--patience", "10", "--tta", "2"])
-    assert rc == 0
-    return out
+def trained(trained_run):
+    return trained_run["out"]
 
 
 def test_every_contract_output_is_written(trained):

@@ -1,0 +1,43 @@
+"""Write one benchmark's section of bench/RESULTS.md, keeping the other sections."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    mem = ""
+    try:
+        mem = subprocess.run(["free", "-g"], capture_output=True, text=True).stdout.split("\n")[1].split()[1] + " GiB"
+    except Exception:  # noqa: BLE001 - best effort description
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} cores ({cpu}), {mem}, {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+def write_section(name: str, body: str) -> None:
+    header = "# Benchmark results\n\nWritten by the scripts in bench/; each section by one script.\n"
+    text = open(RESULTS).read() if os.path.exists(RESULTS) else header
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    block = f"{start}\n{body.strip()}\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    with open(RESULTS, "w") as f:
+        f.write(text)
