@@ -130,3 +130,38 @@ def test_labelled_folders_must_match_the_model(tmp_path):
     paths, labels = label_images(str(tmp_path), ["cat", "dog"])
     assert [(os.path.basename(p), y) for p, y in zip(paths, labels, strict=True)] == [
         ("1.jpg", 0), ("2.jpg", 1), ("3.jpg", -1), ("loose.jpg", -1)]
+
+
+@pytest.mark.integration
+def test_a_killed_run_leaves_no_partial_outputs_and_a_rerun_completes(trained_run, tmp_path):
+    import signal
+    import time
+
+    images = tmp_path / "images"
+    src = os.path.join(trained_run["data"], "valid")
+    for c in os.listdir(src):
+        (images / c).mkdir(parents=True)
+        for rep in range(8):
+            for f in os.listdir(os.path.join(src, c)):
+                shutil.copy(os.path.join(src, c, f), images / c / f"{rep}_{f}")
+    n = sum(len(os.listdir(images / c)) for c in os.listdir(images))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "raycat", "predict", trained_run["out"], str(images), "--out", str(out),
+           "--tta", "8", "--batch-size", "8"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists() and any(".staging-" in p for p in os.listdir(out))):
+        time.sleep(0.2)  # wait until scoring has started writing
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finals = ["predictions", "metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "most_confused.csv"]
+    assert not [f for f in finals if (out / f).exists()]  # nothing under a final name yet
+    # The rerun removes the dead run's staging folders and writes every output whole.
+    assert main(["predict", trained_run["out"], str(images), "--out", str(out), "--tta", "0"]) == 0
+    assert sorted(os.listdir(out)) == ["confusion_matrix.csv", "confusion_matrix.png", "metrics.json",
+                                       "most_confused.csv", "predictions"]
+    assert len(predictions(str(out / "predictions"))) == n
+    assert json.load(open(out / "metrics.json"))["n_images"] == n
