@@ -60,7 +60,7 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int], str]] = {
     "lr-find": (TrainConfig, _lazy("raycat.train_job", "run_lr_find"), "learning-rate range test on the new head"),
     "train": (TrainConfig, _lazy("raycat.train_job", "run_train"), "the staged fast.ai recipe on Ray Train"),
     "predict": (PredictConfig, _lazy("raycat.predict_job", "run_predict"), "batch inference with TTA"),
-    "tune": (TuneConfig, _not_yet("tune"), "a Ray Tune sweep over the recipe's settings"),
+    "tune": (TuneConfig, _lazy("raycat.tune_job", "run_tune"), "a Ray Tune sweep over the recipe's settings"),
 }
 
 

@@ -86,3 +86,22 @@ def confusion_png(cm, classes: list[str], title: str = "confusion matrix") -> by
                 ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=fs,
                         color="white" if cm[i, j] > thresh else "black")
     return _png(fig)
+
+
+def trials_png(rows: list[dict]) -> bytes:
+    """Accuracy against lr, coloured by lr_mult; early-stopped trials hollow."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    done = [r for r in rows if r.get("accuracy") is not None and r.get("lr")]
+    if done:
+        mults = [float(r.get("lr_mult") or 0) for r in done]
+        sc = ax.scatter([r["lr"] for r in done], [r["accuracy"] for r in done], c=mults, cmap="viridis", s=60,
+                        edgecolors="k")
+        for r in done:
+            if r["status"] != "completed":
+                ax.scatter([r["lr"]], [r["accuracy"]], s=140, facecolors="none", edgecolors="C3")
+        fig.colorbar(sc, ax=ax, label="lr_mult")
+    ax.set_xscale("log")
+    ax.set_xlabel("base learning rate (log scale)")
+    ax.set_ylabel("valid accuracy (last report)")
+    ax.set_title("tune trials (red ring: stopped early)")
+    return _png(fig)

@@ -86,8 +86,10 @@ def train_loop(config: dict) -> None:
 
     def checkpoint(state: RecipeState) -> None:
         last = state.history[-1] if state.history else {}
+        loss = last.get("valid_loss", math.inf)
+        # Schedulers compare this number: no epoch yet, or a diverged one, reads as very bad, not NaN.
         metrics = {"units_done": state.units_done, "stage": last.get("stage", "lr_find"),
-                   "valid_loss": last.get("valid_loss", float("inf")), "accuracy": last.get("accuracy", 0.0)}
+                   "valid_loss": loss if math.isfinite(loss) else 1e9, "accuracy": last.get("accuracy", 0.0)}
         if rank != 0:
             ray.train.report(metrics)
             return

@@ -1,0 +1,158 @@
+"""`raycat tune DATA --out OUT --samples N`: a Ray Tune sweep over the recipe's settings.
+
+Ray 2.60's pattern for Train inside Tune: each trial is a function trainable that runs one
+`raycat train` (its own TorchTrainer, with `--workers` Train workers and `--gpu`), and a
+TuneReportCallback passes the recipe's per-unit reports to Tune, where ASHA stops bad trials on
+valid loss. Each trial writes to OUT/trials/<trial id>/ and nowhere else. The sweep's state lives in
+OUT/tune/, so running the same command again resumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+from raycat import outputs, plots, storage
+from raycat.config import TrainConfig, TuneConfig, build, to_dict
+from raycat.errors import BadInput
+from raycat.layout import scan_layout
+from raycat.recipe import plan
+from raycat.search_space import load_space, recipe_keys, to_tune
+
+TRIAL_COLUMNS_TAIL = ["valid_loss", "accuracy", "units_done", "status"]
+
+
+def _base_values(cfg: TuneConfig) -> dict:
+    """The TrainConfig fields every trial shares (the sampled ones override them)."""
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in to_dict(cfg).items() if k in train_fields}
+
+
+def trial_fn(config: dict) -> None:
+    """One trial: `raycat train` with this trial's settings, reporting every unit to Tune."""
+    import ray.train
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raycat.train_job import fit_recipe, write_train_outputs
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    values = {**config["_base"], **{k: v for k, v in config.items() if not k.startswith("_")}}
+    values["out"] = storage.join(config["_base"]["out"], "trials", trial_id)
+    cfg = build(TrainConfig, values)
+    ckpt = storage.join(cfg.out, "checkpoints")
+    fs, path = storage.filesystem(ckpt)
+    run_config = ray.train.RunConfig(
+        name="train", storage_path=path, storage_filesystem=fs if storage.is_s3(ckpt) else None,
+        callbacks=[TuneReportCallback()], logging_config=ray.train.LoggingConfig(log_level="WARNING"))
+    r = fit_recipe(cfg, run_config=run_config)
+    write_train_outputs(cfg, r["state"], r["classes"], r["skipped"], {"n_train": r["n_train"], "n_valid": r["n_valid"],
+                                                                       "trial_id": trial_id})
+
+
+def max_concurrent(cfg: TuneConfig, cluster_cpus: float, cluster_gpus: float) -> int:
+    """Trials at once: what the cluster can hold (each trial: its Train workers plus one CPU for its
+    data tasks), capped by --max-concurrent when that is smaller."""
+    per_trial_cpu = cfg.workers + 1
+    fit = int(cluster_cpus // per_trial_cpu)
+    if cfg.gpu:
+        fit = min(fit, int(cluster_gpus // cfg.workers))
+    fit = max(1, fit)
+    if cfg.max_concurrent and cfg.max_concurrent > fit:
+        print(f"raycat tune: --max-concurrent {cfg.max_concurrent} is more than the cluster holds; using {fit}")
+    return min(fit, cfg.max_concurrent) if cfg.max_concurrent else fit
+
+
+def trial_status(result, cfg_values: dict) -> str:
+    if result.error is not None:
+        return "error"
+    total = len(plan(build(TrainConfig, cfg_values)))
+    done = (result.metrics or {}).get("units_done", 0)
+    return "completed" if done >= total else "early_stopped"
+
+
+def run_tune(cfg: TuneConfig) -> int:
+    scan_layout(cfg.data)  # layout errors: exit 2 before any cluster time
+    space = load_space(cfg.space)
+    outputs.check_writable(cfg.out)
+    base = _base_values(cfg)
+    build(TrainConfig, base)  # the shared settings must make a valid train config
+
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from raycat import ray_session
+
+    ray_session.connect(cfg.address)
+    res = ray.cluster_resources()
+    concurrent = max_concurrent(cfg, res.get("CPU", 1), res.get("GPU", 0))
+    param_space = {**to_tune(space), "_base": base}
+    # grace_period 2: the first cut comes after a real epoch (unit 1 is lr_find, which has no valid loss).
+    scheduler = ASHAScheduler(metric="valid_loss", mode="min", time_attr="training_iteration", grace_period=2,
+                              max_t=200, reduction_factor=2)
+    trainable = tune.with_resources(trial_fn, {"cpu": 0})
+    tune_uri = storage.join(cfg.out, "tune")
+    fs, path = storage.filesystem(storage.join(cfg.out))
+    restore_path = storage.join(cfg.out, "tune")
+    if storage.exists(storage.join(tune_uri, "tuner.pkl")):
+        print(f"raycat tune: resuming the sweep in {tune_uri}")
+        tuner = tune.Tuner.restore(restore_path if not storage.is_s3(restore_path) else restore_path,
+                                   trainable, resume_unfinished=True, resume_errored=True, param_space=param_space,
+                                   storage_filesystem=fs if storage.is_s3(cfg.out) else None)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(num_samples=cfg.samples, scheduler=scheduler,
+                                        max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name="tune", storage_path=path,
+                                      storage_filesystem=fs if storage.is_s3(cfg.out) else None, verbose=1),
+        )
+    grid = tuner.fit()
+    return write_tune_outputs(cfg, grid, space)
+
+
+def write_tune_outputs(cfg: TuneConfig, grid, space: dict) -> int:
+    keys = sorted(space)
+    rows = []
+    for result in grid:
+        config = result.config or {}
+        values = {**config.get("_base", {}), **{k: v for k, v in config.items() if not k.startswith("_")}}
+        trial_id = result.path.rstrip("/").split("/")[-1] if result.path else "?"
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id", trial_id)
+        final_uri = storage.join(cfg.out, "trials", trial_id, "metrics.json")
+        row = {k: values.get(k) for k in keys}
+        row.update(trial_id=trial_id, valid_loss=metrics.get("valid_loss"), accuracy=metrics.get("accuracy"),
+                   units_done=metrics.get("units_done", 0), status=trial_status(result, values))
+        if row["status"] == "completed" and storage.exists(final_uri):
+            final = json.loads(storage.read_text(final_uri))
+            row.update(valid_loss=final["valid_loss"], accuracy=final["valid_accuracy"])
+        if isinstance(row["valid_loss"], float) and not math.isfinite(row["valid_loss"]):
+            row["valid_loss"] = None
+        row["_values"] = values
+        rows.append(row)
+    rows.sort(key=lambda r: r["trial_id"])
+    columns = ["trial_id", *keys, *TRIAL_COLUMNS_TAIL]
+    outputs.write_dicts(storage.join(cfg.out, "trials.csv"), rows, columns)
+    storage.write_bytes(storage.join(cfg.out, "trials.png"), plots.trials_png(rows))
+    done = [r for r in rows if r["status"] == "completed" and r["valid_loss"] is not None]
+    if not done:
+        raise RuntimeError(f"no trial completed ({len(rows)} ran; see {storage.join(cfg.out, 'trials.csv')})")
+    best = min(done, key=lambda r: r["valid_loss"])
+    recipe = {k: best["_values"][k] for k in recipe_keys() if k in best["_values"]}
+    outputs.write_json(storage.join(cfg.out, "best_recipe.json"), recipe)
+    src = storage.join(cfg.out, "trials", best["trial_id"], "model")
+    local = storage.local_copy(src)
+    storage.publish_tree(local, storage.join(cfg.out, "model"))
+    n_stopped = sum(r["status"] == "early_stopped" for r in rows)
+    print(f"raycat tune: {len(rows)} trials ({n_stopped} stopped early by ASHA); best {best['trial_id']} with valid "
+          f"loss {best['valid_loss']:.4f}, accuracy {best['accuracy']:.4f}; recipe in "
+          f"{storage.join(cfg.out, 'best_recipe.json')} (use with raycat train --config)")
+    return 0
+
+
+class TuneInputError(BadInput):
+    pass
