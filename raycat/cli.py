@@ -18,6 +18,7 @@ from raycat.config import (
     CheckConfig,
     DemoConfig,
     PredictConfig,
+    SubmitConfig,
     TrainConfig,
     TuneConfig,
     build,
@@ -61,6 +62,8 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int], str]] = {
     "train": (TrainConfig, _lazy("raycat.train_job", "run_train"), "the staged fast.ai recipe on Ray Train"),
     "predict": (PredictConfig, _lazy("raycat.predict_job", "run_predict"), "batch inference with TTA"),
     "tune": (TuneConfig, _lazy("raycat.tune_job", "run_tune"), "a Ray Tune sweep over the recipe's settings"),
+    "submit": (SubmitConfig, _lazy("raycat.submit", "run_submit"),
+               "run jobs/JOB.py on the Ray cluster at $RAY_ADDRESS and follow its logs"),
 }
 
 
@@ -73,7 +76,10 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
         if typing.get_origin(typ) is not None:  # Optional[X]
             typ = next(a for a in typing.get_args(typ) if a is not type(None))
         if f.metadata.get("positional"):
-            parser.add_argument(f.name, metavar=f.name.upper(), help=help_)
+            parser.add_argument(f.name, metavar=f.name.upper(), help=help_, choices=f.metadata.get("choices"))
+            continue
+        if typ is list:  # everything after the positionals, passed through untouched
+            parser.add_argument(f.name, nargs=argparse.REMAINDER, metavar="ARGS", help=help_)
             continue
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         if typ is bool:
@@ -86,7 +92,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
         parser.add_argument(flag_name(f.name), help=help_, **kwargs)
-    if cls is not DemoConfig and cls is not CheckConfig:
+    if cls not in (DemoConfig, CheckConfig, SubmitConfig):
         parser.add_argument("--config", metavar="FILE", default=None,
                             help="JSON or YAML recipe whose keys are these flags' names; flags win")
 

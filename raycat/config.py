@@ -84,6 +84,8 @@ class RecipeArgs(ModelArgs):
     cycle_mult: int = arg(2, "each unfrozen cycle is this many times longer than the one before")
     patience: int = arg(2, "stop the unfrozen stage when valid loss has risen this many epochs")
     tta: int = arg(4, "augmented views for TTA on the valid set at the end (0: none)")
+    placement: str = arg("PACK", "Train workers on nodes: PACK (fewest nodes) or SPREAD (one per node if possible)",
+                         choices=("PACK", "SPREAD"))
     momentum: float = arg(0.9, "SGD momentum")
     weight_decay: float = arg(1e-4, "SGD weight decay")
 
@@ -134,6 +136,23 @@ class DemoConfig:
     workers: int = arg(1, "Ray Train workers")
     seed: int = arg(0, "seed for the data and the model")
     address: str | None = arg(None, "Ray cluster to join (default: $RAY_ADDRESS, else local)")
+
+
+@dataclass
+class SubmitConfig:
+    """`raycat submit JOB ARGS...`: run jobs/JOB.py on the cluster at $RAY_ADDRESS, follow its logs."""
+
+    job: str = arg("", "train | predict | tune", positional=True, choices=("train", "predict", "tune"))
+    args: list = arg(None, "the job's arguments, as for `raycat JOB`")  # filled from the command line's rest
+    address: str | None = arg(None, "the cluster's dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS)")
+    working_dir: str = arg(".", "folder uploaded as the job's working dir (this repository)")
+    python: str = arg("python", "the interpreter on the cluster's nodes")
+    wait: bool = arg(True, "follow the logs until the job ends (--no-wait: submit and return)")
+
+    def __post_init__(self) -> None:
+        if self.job not in ("train", "predict", "tune"):
+            raise ConfigError(f"JOB: must be train, predict or tune, got {self.job!r}")
+        self.args = list(self.args or [])
 
 
 @dataclass

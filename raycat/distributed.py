@@ -20,6 +20,9 @@ class LocalComm:
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         return t
 
+    def gather_objects(self, x) -> list:
+        return [x]
+
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
         return module
 
@@ -48,6 +51,11 @@ class TorchComm:
         parts = [None] * self.world_size
         self.dist.all_gather_object(parts, t.detach().cpu())
         return torch.cat(parts)
+
+    def gather_objects(self, x) -> list:
+        out = [None] * self.world_size
+        self.dist.all_gather_object(out, x)
+        return out
 
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
         # A new wrapper per stage: DDP registers the parameters that require grad when it is

@@ -80,6 +80,7 @@ class RecipeState:
     model_state: dict | None = None
     seconds: float = 0.0
     final: dict = field(default_factory=dict)
+    worker_nodes: list = field(default_factory=list)  # the Ray node of each worker, by rank
 
     def to_dict(self) -> dict:
         return asdict(self)

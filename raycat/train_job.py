@@ -93,7 +93,7 @@ def fit_recipe(cfg: TrainConfig, only_lr_find: bool = False, run_config=None, ca
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, placement_strategy=cfg.placement),
         run_config=run_config,
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=list(datasets)),
@@ -133,6 +133,8 @@ def write_train_outputs(cfg: TrainConfig, state: RecipeState, classes: list[str]
         "base_lr": state.base_lr,
         "unfrozen_lr": state.unfrozen_lr,
         "stopped_early": state.stopped_early,
+        "workers": cfg.workers,
+        "worker_nodes": state.worker_nodes,
         "n_skipped": len(skipped),
         **extra,
     })

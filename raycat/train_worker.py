@@ -77,6 +77,10 @@ def train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if cfg.gpu else torch.device("cpu")
+    if not cfg.gpu:
+        # Ray gives each worker OMP_NUM_THREADS=1 (its one logical CPU); on CPU nodes the workers of a
+        # node should share all its cores instead, or a lone worker leaves all but one idle.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())))
     torch.manual_seed(cfg.seed + rank)
     model = create_model(cfg.arch, config["n_classes"], "none")
     model.load_state_dict(ray.get(config["initial_state"]))
@@ -100,5 +104,7 @@ def train_loop(config: dict) -> None:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    state = load_state(ray.train.get_checkpoint())
+    state = load_state(ray.train.get_checkpoint()) or RecipeState()
+    node = ray.get_runtime_context().get_node_id()
+    state.worker_nodes = [node] if world == 1 else comm.gather_objects(node)
     Recipe(cfg, model, data, comm, device, checkpoint, log).run(state, only_lr_find=config["only_lr_find"])

@@ -92,7 +92,8 @@ def run_tune(cfg: TuneConfig) -> int:
     # grace_period 2: the first cut comes after a real epoch (unit 1 is lr_find, which has no valid loss).
     scheduler = ASHAScheduler(metric="valid_loss", mode="min", time_attr="training_iteration", grace_period=2,
                               max_t=200, reduction_factor=2)
-    trainable = tune.with_resources(trial_fn, {"cpu": 0})
+    # The trial function itself only drives its TorchTrainer and data tasks: one CPU, counted in max_concurrent.
+    trainable = tune.with_resources(trial_fn, {"cpu": 1})
     tune_uri = storage.join(cfg.out, "tune")
     fs, path = storage.filesystem(storage.join(cfg.out))
     restore_path = storage.join(cfg.out, "tune")

@@ -1,0 +1,59 @@
+"""`raycat submit JOB ARGS...`: run jobs/JOB.py on a Ray cluster through the Jobs API, with this
+repository as the working dir; follow the logs; exit with the job's exit status."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import time
+
+from raycat.config import SubmitConfig
+from raycat.errors import BadInput
+
+# Never uploaded with the working dir: environments, data and outputs.
+EXCLUDES = [".venv", ".git", "bench/data", "raycat-demo", "*.egg-info", "__pycache__", ".pytest_cache",
+            ".ruff_cache"]
+# Non-secret settings worth passing on; credentials stay on the nodes (instance roles, their own env),
+# never in a runtime env, which the dashboard shows to anyone who can see the job.
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
+
+
+def entrypoint(cfg: SubmitConfig) -> str:
+    return " ".join(shlex.quote(a) for a in [cfg.python, f"jobs/{cfg.job}.py", *cfg.args])
+
+
+def run_submit(cfg: SubmitConfig) -> int:
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise BadInput("raycat submit: no cluster; set RAY_ADDRESS to its dashboard (http://HEAD:8265) or pass "
+                       "--address")
+    if not os.path.isfile(os.path.join(cfg.working_dir, "jobs", f"{cfg.job}.py")):
+        raise BadInput(f"--working-dir {cfg.working_dir}: no jobs/{cfg.job}.py in it (run from the repository)")
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    job_id = client.submit_job(entrypoint=entrypoint(cfg),
+                               runtime_env={"working_dir": cfg.working_dir, "excludes": EXCLUDES, "env_vars": env})
+    print(f"raycat submit: job {job_id} submitted to {address}")
+    if not cfg.wait:
+        return 0
+
+    async def follow() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    try:
+        asyncio.run(follow())
+    except Exception as e:  # noqa: BLE001 - log streaming is best effort; the status below is what counts
+        print(f"raycat submit: log stream ended ({type(e).__name__}); waiting for the job")
+    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    while client.get_job_status(job_id) not in terminal:
+        time.sleep(1)
+    info = client.get_job_info(job_id)
+    code = info.driver_exit_code
+    if code is None:
+        code = 0 if info.status == JobStatus.SUCCEEDED else 1
+    print(f"raycat submit: job {job_id} {info.status.value.lower()} (exit {code})")
+    return int(code)
