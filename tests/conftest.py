@@ -17,6 +17,9 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 
+CANARY_SECRET = "raycat-canary-7d3f9e21b4"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -50,7 +53,8 @@ def s3_server():
     os.environ.update({
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        # A canary: tests assert it never shows up in any output, log or checkpoint.
+        "AWS_SECRET_ACCESS_KEY": CANARY_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
     })

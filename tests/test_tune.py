@@ -68,3 +68,39 @@ def test_sweep_with_asha_stops_a_bad_lr_and_its_best_recipe_round_trips(ray_loca
     assert recipe["lr"] == 0.01 and set(recipe) <= set(recipe_keys())
     _, cfg = parse_config(["train", data, "--out", str(tmp_path / "again"), "--config", best])
     assert all(getattr(cfg, k) == v for k, v in recipe.items())
+
+
+@pytest.mark.integration
+def test_an_interrupted_sweep_resumes_instead_of_starting_over(ray_local, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = make_shapes_dataset(str(tmp_path / "data"), classes=("circle", "square"), n_train=8, n_valid=4, seed=0,
+                               easy=True, clutter=False)
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"lr": {"grid": [0.01, 0.02, 0.03]}, "lr_mult": 3, "head_cycles": 1,
+                                 "unfrozen_cycles": 1, "cycle_mult": 1}))
+    out = tmp_path / "tune"
+    args = ["tune", data, "--out", str(out), "--samples", "1", "--space", str(space), "--max-concurrent", "1",
+            "--arch", "resnet18", "--weights", "none", "--size", "32", "--batch-size", "8", "--precompute-epochs",
+            "0", "--tta", "0"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "raycat", *args], start_new_session=True, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    finished = lambda: [d for d in (os.listdir(out / "trials") if (out / "trials").exists() else [])
+                        if (out / "trials" / d / "metrics.json").exists()]
+    while time.time() < deadline and not finished():
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies after its first trial
+    proc.wait()
+    first = finished()
+    assert len(first) == 1 and not (out / "trials.csv").exists()
+    stamp = os.path.getmtime(out / "trials" / first[0] / "metrics.json")
+    assert main(args) == 0
+    with open(out / "trials.csv") as f:
+        trials = list(csv.DictReader(f))
+    assert len(trials) == 3 and sorted(float(t["lr"]) for t in trials) == [0.01, 0.02, 0.03]
+    assert os.path.getmtime(out / "trials" / first[0] / "metrics.json") == stamp  # not trained again

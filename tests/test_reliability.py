@@ -1,0 +1,92 @@
+"""Reliability: hostile input, secrets, and a Train worker killed mid-run."""
+
+import csv
+import os
+import signal
+import struct
+import subprocess
+import threading
+import time
+import zlib
+
+import pytest
+from conftest import CANARY_SECRET
+
+from raycat.decode import DecodeError, load_image
+from raycat.layout import scan_layout
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares a size but carries no pixels: what a decompression bomb looks like up front."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(
+        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_a_20000_pixel_square_image_is_refused_before_decoding():
+    t = time.perf_counter()
+    with pytest.raises(DecodeError, match="too large: 20000x20000"):
+        load_image(png_header_only(20000, 20000), 64)
+    assert time.perf_counter() - t < 1.0  # refused from the header, no 1.2 GB allocation
+
+
+def test_class_names_with_shell_metacharacters(tmp_path):
+    names = ["a;b $(rm -rf x)", "quote's \"dq\"", "back`tick`|pipe&"]
+    for split in ("train", "valid"):
+        for n in names:
+            d = tmp_path / split / n
+            d.mkdir(parents=True)
+            (d / "1.jpg").write_bytes(b"x")
+    assert scan_layout(str(tmp_path)).classes == sorted(names)
+
+
+@pytest.mark.integration
+def test_the_canary_secret_is_never_written(trained_run):
+    hits = []
+    for root in (trained_run["out"], "/tmp/ray"):
+        for dirpath, _, files in os.walk(root):
+            for f in files:
+                p = os.path.join(dirpath, f)
+                try:
+                    if CANARY_SECRET.encode() in open(p, "rb").read():
+                        hits.append(p)
+                except OSError:
+                    pass
+    assert not hits, hits
+
+
+@pytest.mark.integration
+def test_a_killed_train_worker_is_replaced_and_the_run_finishes_with_every_epoch_once(ray_local, tmp_path):
+    from raycat.cli import main
+    from raycat.datasets import make_shapes_dataset
+
+    data = make_shapes_dataset(str(tmp_path / "data"), classes=("circle", "square"), n_train=40, n_valid=8, seed=0,
+                               easy=True, clutter=False)
+    out = tmp_path / "out"
+    killed = []
+
+    def kill_a_worker_mid_run():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            hist = out / "checkpoints"
+            # wait until a few units are checkpointed, i.e. the run is under way
+            if hist.exists() and sum(1 for _ in hist.rglob("recipe_state.pt")) >= 2:
+                pids = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
+                if pids:
+                    os.kill(int(pids[-1]), signal.SIGKILL)
+                    killed.append(int(pids[-1]))
+                    return
+            time.sleep(0.5)
+
+    t = threading.Thread(target=kill_a_worker_mid_run, daemon=True)
+    t.start()
+    rc = main(["train", data, "--out", str(out), "--arch", "resnet18", "--weights", "none", "--size", "32",
+               "--batch-size", "8", "--workers", "2", "--precompute-epochs", "1", "--head-cycles", "2",
+               "--unfrozen-cycles", "2", "--cycle-mult", "1", "--patience", "9", "--tta", "0"])
+    t.join(timeout=1)
+    assert killed, "no worker was killed: the run ended too soon"
+    assert rc == 0
+    with open(out / "history.csv") as f:
+        epochs = [(r["stage"], r["epoch"]) for r in csv.DictReader(f)]
+    assert epochs == [("precompute", "1"), ("head", "1"), ("head", "2"), ("unfrozen", "1"), ("unfrozen", "2")]
