@@ -106,5 +106,9 @@ def suggest_minimum(lrs: list[float], losses: list[float]) -> float:
 
 
 def suggestion(lrs: list[float], smoothed: list[float]) -> float:
-    """The recipe's pick (see the module docstring)."""
+    """The recipe's pick (see the module docstring). A sweep whose every loss is NaN (the model had
+    already diverged) suggests its first rate rather than failing: the run goes on and its valid
+    loss, not a crash, tells the user (or Tune's scheduler) what happened."""
+    if not any(math.isfinite(v) for v in smoothed):
+        return lrs[0]
     return suggest_minimum(lrs, smoothed)

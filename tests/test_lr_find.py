@@ -88,3 +88,4 @@ def test_recipe_suggestion_is_a_tenth_of_the_minimum():
     assert 5e-4 <= lr_find.suggestion(lrs, loss) <= 2e-3
     with pytest.raises(ValueError, match="NaN"):
         lr_find.suggest_minimum([1e-3, 1e-2], [float("nan"), float("inf")])
+    assert lr_find.suggestion([1e-7, 1e-6], [float("nan"), float("nan")]) == 1e-7  # a diverged model: no crash

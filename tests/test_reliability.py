@@ -4,7 +4,6 @@ import csv
 import os
 import signal
 import struct
-import subprocess
 import threading
 import time
 import zlib
@@ -14,6 +13,33 @@ from conftest import CANARY_SECRET
 
 from raycat.decode import DecodeError, load_image
 from raycat.layout import scan_layout
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc), so a test touches only the Ray it started itself."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        frontier += kids
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -72,7 +98,7 @@ def test_a_killed_train_worker_is_replaced_and_the_run_finishes_with_every_epoch
             hist = out / "checkpoints"
             # wait until a few units are checkpointed, i.e. the run is under way
             if hist.exists() and sum(1 for _ in hist.rglob("recipe_state.pt")) >= 2:
-                pids = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
+                pids = [p for p in descendants(os.getpid()) if "RayTrainWorker" in cmdline(p)]
                 if pids:
                     os.kill(int(pids[-1]), signal.SIGKILL)
                     killed.append(int(pids[-1]))
