@@ -277,6 +277,9 @@ class Recipe:
         units = plan(self.cfg, only_lr_find)
         if state.units_done:
             self.log(f"resuming after {state.units_done} of {len(units)} units (from the latest checkpoint)")
+        if state.units_done >= len(units):
+            self.checkpoint(state)  # nothing left to run: report the final state again for whoever listens
+            return state
         if self.comm.rank == 0 and state.units_done < len(units):
             self.log(f"{'stage':<10} {'epoch':>5} {'lr':>9} {'train_loss':>10} {'valid_loss':>10} "
                      f"{'accuracy':>8} {'time':>6}")

@@ -128,9 +128,12 @@ def write_tune_outputs(cfg: TuneConfig, grid, space: dict) -> int:
         row = {k: values.get(k) for k in keys}
         row.update(trial_id=trial_id, valid_loss=metrics.get("valid_loss"), accuracy=metrics.get("accuracy"),
                    units_done=metrics.get("units_done", 0), status=trial_status(result, values))
-        if row["status"] == "completed" and storage.exists(final_uri):
+        if row["status"] != "error" and storage.exists(final_uri):
+            # The trial wrote its final outputs: it completed, whatever Tune last heard from it (a
+            # report can be lost when the sweep's driver dies).
             final = json.loads(storage.read_text(final_uri))
-            row.update(valid_loss=final["valid_loss"], accuracy=final["valid_accuracy"])
+            row.update(valid_loss=final["valid_loss"], accuracy=final["valid_accuracy"], status="completed",
+                       units_done=len(plan(build(TrainConfig, values))))
         if isinstance(row["valid_loss"], float) and not math.isfinite(row["valid_loss"]):
             row["valid_loss"] = None
         row["_values"] = values
