@@ -14,8 +14,13 @@ FEATURE_BATCH = 64
 class BodyFeatures:
     """Ray Data actor: uint8 images in, pooled body activations out (float32, 2 x body channels)."""
 
-    def __init__(self, arch: str, n_classes: int, state, use_gpu: bool = False):
+    def __init__(self, arch: str, n_classes: int, state, use_gpu: bool = False, actors: int = 1):
+        import os
+
         import ray
+
+        # Ray starts actors with OMP_NUM_THREADS=1; on CPU the actors should share the node's cores.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, actors)))
 
         from raycat.model import create_model
 
@@ -39,7 +44,8 @@ def precompute(dataset, arch: str, n_classes: int, state_ref, workers: int, use_
 
     return dataset.map_batches(
         BodyFeatures,
-        fn_constructor_kwargs={"arch": arch, "n_classes": n_classes, "state": state_ref, "use_gpu": use_gpu},
+        fn_constructor_kwargs={"arch": arch, "n_classes": n_classes, "state": state_ref, "use_gpu": use_gpu,
+                               "actors": max(1, workers)},
         batch_size=FEATURE_BATCH,
         compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
         num_gpus=1 if use_gpu else None,

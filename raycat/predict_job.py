@@ -85,8 +85,13 @@ def label_images(images: str, classes: list[str]) -> tuple[list[str], list[int]]
 class Predictor:
     """Ray Data actor holding the model: decoded batches in, one row of scores per readable image out."""
 
-    def __init__(self, card: dict, n_views: int, beta: float, use_gpu: bool):
+    def __init__(self, card: dict, n_views: int, beta: float, use_gpu: bool, actors: int = 1):
+        import os
+
         from raycat.model import create_model, load_weights
+
+        # Ray starts actors with OMP_NUM_THREADS=1; on CPU the actors should share the node's cores.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, actors)))
 
         self.classes = card["classes"]
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -175,7 +180,7 @@ def run_predict(cfg: PredictConfig) -> int:
     card_dict = {"uri": card.uri, "arch": card.arch, "classes": card.classes, "aug": card.aug,
                  "max_zoom": card.max_zoom}
     ds = ds.map_batches(Predictor, fn_constructor_kwargs={"card": card_dict, "n_views": cfg.tta, "beta": cfg.tta_beta,
-                                                          "use_gpu": cfg.gpu},
+                                                          "use_gpu": cfg.gpu, "actors": cfg.workers},
                         batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.workers),
                         num_gpus=1 if cfg.gpu else None)
     fs, scored_path = _parquet_target(scored_uri)
