@@ -28,21 +28,6 @@ from raycat.config import (
 from raycat.errors import BadInput
 
 
-class UsageError(BadInput):
-    """Bad input found before work starts (exit 2)."""
-
-
-class NotImplementedYet(UsageError):
-    pass
-
-
-def _not_yet(name: str) -> Callable[[Any], int]:
-    def run(cfg: Any) -> int:
-        raise NotImplementedYet(f"raycat {name}: not implemented yet")
-
-    return run
-
-
 def _lazy(module: str, func: str) -> Callable[[Any], int]:
     # Import on use: `raycat --help` and `raycat check` don't pay for torch and Ray Train imports.
     def run(cfg: Any) -> int:

@@ -107,11 +107,15 @@ class TrainConfig(RecipeArgs):
     out: str = arg("", "output folder or s3:// URI", )
 
     def __post_init__(self) -> None:
-        if not self.data:
-            raise ConfigError("DATA: a dataset folder or s3:// URI is required")
-        if not self.out:
-            raise ConfigError("--out: an output folder or s3:// URI is required")
+        _require_data_and_out(self)
         self._check_recipe_args()
+
+
+def _require_data_and_out(cfg: Any) -> None:
+    if not cfg.data:
+        raise ConfigError("DATA: a dataset folder or s3:// URI is required")
+    if not cfg.out:
+        raise ConfigError("--out: an output folder or s3:// URI is required")
 
 
 @dataclass
@@ -188,10 +192,7 @@ class TuneConfig(RecipeArgs):
     space: str | None = arg(None, "JSON or YAML file overriding the search space")
 
     def __post_init__(self) -> None:
-        if not self.data:
-            raise ConfigError("DATA: a dataset folder or s3:// URI is required")
-        if not self.out:
-            raise ConfigError("--out: an output folder or s3:// URI is required")
+        _require_data_and_out(self)
         self._check_recipe_args()
         _positive(self, "samples")
         _non_negative(self, "max_concurrent")
@@ -229,26 +230,32 @@ def coerce(key: str, value: Any, typ: Any) -> Any:
     raise ConfigError(f"config key {key!r}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
 
 
-def load_config_file(path: str) -> dict[str, Any]:
-    """A JSON or YAML mapping of flag names (dashes or underscores) to values."""
+def read_mapping(path: str, flag: str) -> dict[str, Any]:
+    """A JSON or YAML file (by extension) holding a mapping; errors name `flag` and the file."""
     from raycat import storage
 
     try:
         text = storage.read_text(path)
     except FileNotFoundError:
-        raise ConfigError(f"--config: no such file {path}") from None
+        raise ConfigError(f"{flag}: no such file {path}") from None
+    kind = "YAML" if path.endswith((".yaml", ".yml")) else "JSON"
     try:
-        if path.endswith((".yaml", ".yml")):
+        if kind == "YAML":
             import yaml
 
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
     except Exception as e:  # noqa: BLE001 - any parse error becomes a usage error naming the file
-        kind = "YAML" if path.endswith((".yaml", ".yml")) else "JSON"
-        raise ConfigError(f"--config: {path} is not valid {kind}: {e}") from None
+        raise ConfigError(f"{flag}: {path} is not valid {kind}: {e}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"--config: {path} must hold a mapping of flag names to values")
+        raise ConfigError(f"{flag}: {path} must hold a mapping of names to values")
+    return data
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """A JSON or YAML mapping of flag names (dashes or underscores) to values."""
+    data = read_mapping(path, "--config")
     return {str(k).lstrip("-").replace("-", "_"): v for k, v in data.items()}
 
 

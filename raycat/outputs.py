@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from typing import Any, Iterable
 
 import torch
@@ -99,12 +98,3 @@ def write_skipped(out: str, skipped: list[tuple[str, str]]) -> None:
     elif storage.exists(uri):
         storage.delete_tree(uri)
 
-
-def save_torch(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def temp_dir() -> str:
-    return tempfile.mkdtemp(prefix="raycat-")

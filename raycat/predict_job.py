@@ -131,11 +131,6 @@ class Predictor:
         return out
 
 
-def _parquet_target(uri: str):
-    fs, path = storage.filesystem(uri)
-    return fs, path
-
-
 def summarize(table_batches, classes: list[str]) -> dict:
     """Confusion matrix, counts and skipped files from the scored rows, one Arrow batch at a time."""
     k = len(classes)
@@ -183,14 +178,14 @@ def run_predict(cfg: PredictConfig) -> int:
                                                           "use_gpu": cfg.gpu, "actors": cfg.workers},
                         batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.workers),
                         num_gpus=1 if cfg.gpu else None)
-    fs, scored_path = _parquet_target(scored_uri)
+    fs, scored_path = storage.filesystem(scored_uri)
     ds.write_parquet(scored_path, filesystem=fs)
 
     # Second, driver-side streaming pass: summarise, and keep only the readable rows as predictions.
     scored = pads.dataset(scored_path, filesystem=fs, format="parquet")
     summary = summarize(scored.to_batches(columns=["path", "label", "prediction", "error"]), card.classes)
     columns = [c for c in scored.schema.names if c != "error"]
-    _, staged_path = _parquet_target(staged)
+    _, staged_path = storage.filesystem(staged)
     pads.write_dataset(scored.scanner(columns=columns, filter=pc.field("error") == ""), staged_path, filesystem=fs,
                        format="parquet", basename_template="part-{i}.parquet")
     storage.replace_tree(staged, final)

@@ -3,10 +3,9 @@ translation to Ray Tune's samplers (the one function here that touches Ray)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from raycat.config import ConfigError, RecipeArgs
+from raycat.config import ConfigError, RecipeArgs, read_mapping
 
 # key -> spec. A spec is {"loguniform": [lo, hi]}, {"uniform": [lo, hi]}, {"randint": [lo, hi]},
 # {"choice": [...]}, {"grid": [...]} (every value, each --samples times), or a plain value (fixed).
@@ -45,24 +44,7 @@ def load_space(path: str | None) -> dict[str, Any]:
     """The default space, with a file's keys replacing (or adding to) the defaults."""
     space = dict(DEFAULT_SPACE)
     if path:
-        from raycat import storage
-
-        try:
-            text = storage.read_text(path)
-        except FileNotFoundError:
-            raise ConfigError(f"--space: no such file {path}") from None
-        try:
-            if path.endswith((".yaml", ".yml")):
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as e:  # noqa: BLE001 - a parse error is a usage error naming the file
-            raise ConfigError(f"--space: {path} does not parse: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"--space: {path} must hold a mapping of settings to ranges")
-        for k, v in data.items():
+        for k, v in read_mapping(path, "--space").items():
             check_spec(k, v)
             space[k.replace("-", "_")] = v
     return space

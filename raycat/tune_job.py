@@ -15,7 +15,6 @@ import math
 
 from raycat import outputs, plots, storage
 from raycat.config import TrainConfig, TuneConfig, build, to_dict
-from raycat.errors import BadInput
 from raycat.layout import scan_layout
 from raycat.recipe import plan
 from raycat.search_space import load_space, recipe_keys, to_tune
@@ -95,12 +94,12 @@ def run_tune(cfg: TuneConfig) -> int:
     # The trial function itself only drives its TorchTrainer and data tasks: one CPU, counted in max_concurrent.
     trainable = tune.with_resources(trial_fn, {"cpu": 1})
     tune_uri = storage.join(cfg.out, "tune")
-    fs, path = storage.filesystem(storage.join(cfg.out))
-    restore_path = storage.join(cfg.out, "tune")
+    fs, path = storage.filesystem(cfg.out)
     if storage.exists(storage.join(tune_uri, "tuner.pkl")):
         print(f"raycat tune: resuming the sweep in {tune_uri}")
-        tuner = tune.Tuner.restore(restore_path if not storage.is_s3(restore_path) else restore_path,
-                                   trainable, resume_unfinished=True, resume_errored=True, param_space=param_space,
+        restore_at = storage.filesystem(tune_uri)[1] if storage.is_s3(tune_uri) else tune_uri
+        tuner = tune.Tuner.restore(restore_at, trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=param_space,
                                    storage_filesystem=fs if storage.is_s3(cfg.out) else None)
     else:
         tuner = tune.Tuner(
@@ -157,6 +156,3 @@ def write_tune_outputs(cfg: TuneConfig, grid, space: dict) -> int:
           f"{storage.join(cfg.out, 'best_recipe.json')} (use with raycat train --config)")
     return 0
 
-
-class TuneInputError(BadInput):
-    pass
