@@ -50,6 +50,17 @@ def trial_fn(config: dict) -> None:
                                                                        "trial_id": trial_id})
 
 
+def _keep_credentials_out_of_runtime_envs() -> None:
+    """Ray Tune copies AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the session tokens from the driver
+    into every trial's runtime env, and Ray's runtime-env agent logs runtime envs in clear text. Trials
+    don't need them there: on a local instance they inherit the driver's environment, and cluster nodes
+    have their own (instance roles). So raycat takes them off Tune's list."""
+    from ray.tune.execution import class_cache
+
+    secret = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - secret
+
+
 def max_concurrent(cfg: TuneConfig, cluster_cpus: float, cluster_gpus: float) -> int:
     """Trials at once: what the cluster can hold (each trial: its Train workers plus one CPU for its
     data tasks), capped by --max-concurrent when that is smaller."""
@@ -85,6 +96,7 @@ def run_tune(cfg: TuneConfig) -> int:
     from raycat import ray_session
 
     ray_session.connect(cfg.address)
+    _keep_credentials_out_of_runtime_envs()
     res = ray.cluster_resources()
     concurrent = max_concurrent(cfg, res.get("CPU", 1), res.get("GPU", 0))
     param_space = {**to_tune(space), "_base": base}
