@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import resource
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,7 +103,9 @@ class Predictor:
 
     @torch.no_grad()
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext():
+        from raycat.recipe import autocast
+
+        with autocast(self.device):
             return self.model(x.to(self.device)).float().cpu()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -130,7 +130,7 @@ class EpochCycler:
             self.it = None
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
     # Mixed precision on GPU (bfloat16 needs no loss scaling); full precision on CPU.
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -170,7 +170,7 @@ class Recipe:
     # ---- one optimizer step -------------------------------------------------------------------
     def _step(self, net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        with _autocast(self.device):
+        with autocast(self.device):
             out = net(x)
         loss = F.cross_entropy(out.float(), y.long())
         opt.zero_grad(set_to_none=True)
@@ -242,7 +242,7 @@ class Recipe:
                 ys.append(y.long())
         else:
             for imgs, y in self.data.valid_images():
-                with _autocast(self.device):
+                with autocast(self.device):
                     outs.append(self.model(eval_batch(imgs).to(self.device)).float().cpu())
                 ys.append(torch.as_tensor(y).long())
         n_classes = self.model.head[-1].out_features
@@ -256,7 +256,7 @@ class Recipe:
         gen = torch.Generator().manual_seed(self.cfg.seed + 1000 * self.comm.rank)
 
         def predict(x: torch.Tensor) -> torch.Tensor:
-            with _autocast(self.device):
+            with autocast(self.device):
                 return self.model(x.to(self.device)).float().cpu()
 
         probs, ys = [], []

@@ -52,7 +52,7 @@ def fit_recipe(cfg: TrainConfig, only_lr_find: bool = False, run_config=None, ca
     from ray.train.torch import TorchTrainer
 
     from raycat import features, pipeline, ray_session
-    from raycat.train_worker import steps_per_epoch, train_loop
+    from raycat.train_worker import load_state, steps_per_epoch, train_loop
 
     ray_session.connect(cfg.address)
     t0 = time.time()
@@ -99,8 +99,6 @@ def fit_recipe(cfg: TrainConfig, only_lr_find: bool = False, run_config=None, ca
         dataset_config=DataConfig(datasets_to_split=list(datasets)),
     )
     result = trainer.fit()
-    from raycat.train_worker import load_state
-
     state = load_state(result.checkpoint)
     if state is None:
         raise RuntimeError("training ended without a checkpoint")
