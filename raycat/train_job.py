@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from raycat import outputs, storage
+from raycat import outputs, resume, storage
 from raycat.augment import AugmentSpec
 from raycat.config import TrainConfig, to_dict
 from raycat.errors import BadInput
@@ -46,6 +46,10 @@ def fit_recipe(cfg: TrainConfig, only_lr_find: bool = False, run_config=None, ca
     outputs.check_writable(cfg.out)
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.arch, len(layout.classes), cfg.weights)  # bad --weights: exit 2, before Ray
+    if run_config is None:  # tune's trials resume through Tune instead
+        note = resume.prepare(cfg, layout.classes, "lr_find" if only_lr_find else "train")
+        if note:
+            print(note)
 
     import ray
     from ray.train import DataConfig, ScalingConfig
@@ -143,6 +147,7 @@ def run_train(cfg: TrainConfig) -> int:
     r = fit_recipe(cfg)
     write_train_outputs(cfg, r["state"], r["classes"], r["skipped"],
                         {"n_train": r["n_train"], "n_valid": r["n_valid"]})
+    resume.mark_finished(cfg, r["classes"])
     f = r["state"].final
     print(f"raycat train: valid accuracy {f['valid_accuracy']:.4f} (TTA {f['valid_accuracy_tta']:.4f}) after "
           f"{f['epochs']} epochs in {time.time() - t0:.0f}s; outputs in {cfg.out}")

@@ -1,6 +1,7 @@
 """Reliability: hostile input, secrets, and a Train worker killed mid-run."""
 
 import csv
+import json
 import os
 import signal
 import struct
@@ -100,3 +101,64 @@ def test_a_killed_train_worker_is_replaced_and_the_run_finishes_with_every_epoch
     with open(out / "history.csv") as f:
         epochs = [(r["stage"], r["epoch"]) for r in csv.DictReader(f)]
     assert epochs == [("precompute", "1"), ("head", "1"), ("head", "2"), ("unfrozen", "1"), ("unfrozen", "2")]
+
+
+def latest_state(run_dir):
+    """The RecipeState in the newest checkpoint under run_dir, or None (a half-written one reads as None)."""
+    import torch
+
+    from raycat.recipe import RecipeState
+
+    found = sorted(run_dir.glob("checkpoint_*/recipe_state.pt")) if run_dir.exists() else []
+    try:
+        return RecipeState.from_dict(torch.load(found[-1], weights_only=True)) if found else None
+    except Exception:  # noqa: BLE001 - being written right now
+        return None
+
+
+@pytest.mark.integration
+def test_a_killed_train_driver_is_resumed_by_the_same_command(ray_local, tmp_path, capsys):
+    """SIGKILL the `raycat train` driver after a few units; the same command resumes from the latest
+    checkpoint (and says so): the epochs done before the kill are not trained again."""
+    import subprocess
+    import sys
+
+    from raycat.cli import main
+    from raycat.datasets import make_shapes_dataset
+
+    data = make_shapes_dataset(str(tmp_path / "data"), classes=("circle", "square"), n_train=30, n_valid=8, seed=1,
+                               easy=True, clutter=False)
+    out = tmp_path / "out"
+    args = ["train", data, "--out", str(out), "--arch", "resnet18", "--weights", "none", "--size", "32",
+            "--batch-size", "8", "--workers", "1", "--precompute-epochs", "1", "--head-cycles", "2",
+            "--unfrozen-cycles", "2", "--cycle-mult", "1", "--patience", "9", "--tta", "0"]
+    # The driver joins this session's Ray, as a job submitted to a cluster would.
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "raycat", *args], start_new_session=True, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = out / "checkpoints" / "train"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        s = latest_state(run_dir)
+        if s is not None and len(s.history) >= 2:  # precompute and a head epoch done
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = latest_state(run_dir)
+    assert before is not None and 2 <= len(before.history) < 5, "the driver was not killed mid-run"
+    assert not (out / "history.csv").exists()
+
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "resuming the unfinished run" in capsys.readouterr().out
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("precompute", "1"), ("head", "1"), ("head", "2"),
+                                                        ("unfrozen", "1"), ("unfrozen", "2")]
+    for old, new in zip(before.history, rows):  # the same epochs, not a second training of them
+        assert float(new["seconds"]) == pytest.approx(old["seconds"], abs=1e-6)
+        assert float(new["train_loss"]) == pytest.approx(old["train_loss"], abs=1e-9)
+
+    # Finished: the next run with this OUT will be a new one (test_resume.py covers that step).
+    assert json.load(open(run_dir / "raycat_run.json"))["finished"] is True

@@ -1,0 +1,91 @@
+"""Resuming `raycat train` after its driver died: the same command with the same OUT goes on.
+
+Ray Train (V2) resumes a run by itself when a trainer starts with the same storage path and name
+as an earlier one: its workers get the latest checkpoint from `get_checkpoint()`. That is right
+for a run that was cut off, and wrong for two cases this module guards against:
+
+- the earlier run finished: a new `raycat train` is a new run (its checkpoints are cleared);
+- the earlier run had other settings (another lr, arch, classes...): resuming would mix two
+  recipes, and starting over would throw its checkpoints away, so raycat stops (exit 2), names
+  the settings that differ and says how to start over.
+
+Resources may change between the runs (workers, GPUs, placement, cluster address, where the data
+lives): a run cut off on one cluster can go on on another.
+"""
+
+from __future__ import annotations
+
+import json
+
+from raycat import storage
+from raycat.config import TrainConfig, to_dict
+from raycat.errors import BadInput
+
+MARKER = "raycat_run.json"
+# Settings that say where and on what a run executes, not what it computes.
+RESOURCE_KEYS = frozenset({"address", "placement", "gpu", "workers", "data", "out"})
+
+
+class ResumeError(BadInput):
+    """OUT holds an unfinished run with other settings (exit 2)."""
+
+
+def run_dir(out: str, name: str) -> str:
+    return storage.join(out, "checkpoints", name)
+
+
+def settings(cfg: TrainConfig, classes: list[str]) -> dict:
+    """What a run computes: the recipe's settings and the classes it learns."""
+    s = {k: v for k, v in to_dict(cfg).items() if k not in RESOURCE_KEYS}
+    s["classes"] = list(classes)
+    return s
+
+
+def differences(before: dict, now: dict) -> list[str]:
+    """'key: old -> new' for each setting that differs, sorted by key."""
+    keys = sorted(set(before) | set(now))
+    return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)]
+
+
+def _has_checkpoints(uri: str) -> bool:
+    return any(n.startswith("checkpoint_") for n in storage.list_dir(uri))
+
+
+def prepare(cfg: TrainConfig, classes: list[str], name: str = "train") -> str:
+    """Make OUT/checkpoints/<name> ready for this run; returns what happens, for the user.
+
+    Called before any cluster time is spent. Raises ResumeError if an unfinished run with other
+    settings is there."""
+    where = run_dir(cfg.out, name)
+    now = settings(cfg, classes)
+    marker = storage.join(where, MARKER)
+    if name != "train":  # lr-find is one short unit: always a fresh sweep
+        storage.delete_tree(where)
+        return ""
+    message = ""
+    if storage.exists(marker):
+        before = json.loads(storage.read_text(marker))
+        if before.get("finished"):
+            storage.delete_tree(where)
+            message = f"raycat train: the run in {where} finished; starting a new one"
+        elif _has_checkpoints(where):
+            diff = differences(before.get("settings", {}), now)
+            if diff:
+                raise ResumeError(
+                    f"--out {cfg.out}: holds an unfinished run with other settings ({'; '.join(diff)}). "
+                    f"Run with its settings to resume it, or remove {where} (or choose another --out) "
+                    "to start over")
+            message = f"raycat train: resuming the unfinished run in {where} from its latest checkpoint"
+    elif storage.is_dir(where) and _has_checkpoints(where):
+        # Checkpoints without raycat's note: not ours to reuse, and not ours to delete.
+        raise ResumeError(f"--out {cfg.out}: {where} holds checkpoints raycat did not write; remove it or "
+                          "choose another --out")
+    storage.write_text(marker, json.dumps({"settings": now, "finished": False}, indent=2, sort_keys=True) + "\n")
+    return message
+
+
+def mark_finished(cfg: TrainConfig, classes: list[str], name: str = "train") -> None:
+    """After every output is written: the next run with this OUT starts afresh."""
+    marker = storage.join(run_dir(cfg.out, name), MARKER)
+    storage.write_text(marker, json.dumps({"settings": settings(cfg, classes), "finished": True}, indent=2,
+                                          sort_keys=True) + "\n")

@@ -1,0 +1,78 @@
+"""Which earlier run a new `raycat train` resumes, starts over from, or refuses (no Ray needed)."""
+
+import json
+import os
+
+import pytest
+
+from raycat import resume
+from raycat.config import TrainConfig
+from raycat.errors import BadInput
+
+CLASSES = ["cat", "dog"]
+
+
+def cfg(tmp_path, **kw):
+    return TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "out"), **kw)
+
+
+def fake_checkpoint(c):
+    os.makedirs(os.path.join(resume.run_dir(c.out, "train"), "checkpoint_2026-11-26_00-00-00.000000"))
+
+
+def test_a_fresh_out_starts_a_run_and_notes_its_settings(tmp_path):
+    c = cfg(tmp_path, lr=0.01)
+    assert resume.prepare(c, CLASSES) == ""
+    note = json.load(open(os.path.join(resume.run_dir(c.out, "train"), resume.MARKER)))
+    assert note["finished"] is False and note["settings"]["lr"] == 0.01 and note["settings"]["classes"] == CLASSES
+
+
+def test_an_unfinished_run_with_the_same_settings_is_resumed_and_says_so(tmp_path):
+    c = cfg(tmp_path, lr=0.01)
+    resume.prepare(c, CLASSES)
+    fake_checkpoint(c)
+    # other resources are fine: the run may go on on another cluster
+    again = cfg(tmp_path, lr=0.01, workers=4, address="ray://elsewhere:10001")
+    assert "resuming the unfinished run" in resume.prepare(again, CLASSES)
+    assert os.listdir(resume.run_dir(c.out, "train")) != [resume.MARKER]  # the checkpoint is still there
+
+
+def test_an_unfinished_run_with_other_settings_is_refused_naming_them(tmp_path):
+    c = cfg(tmp_path, lr=0.01)
+    resume.prepare(c, CLASSES)
+    fake_checkpoint(c)
+    with pytest.raises(resume.ResumeError, match=r"lr: 0\.01 -> 0\.02.*remove") as e:
+        resume.prepare(cfg(tmp_path, lr=0.02), CLASSES)
+    assert isinstance(e.value, BadInput)  # exit 2, before any cluster time
+    with pytest.raises(resume.ResumeError, match=r"classes: \['cat', 'dog'\] -> \['cat', 'emu'\]"):
+        resume.prepare(c, ["cat", "emu"])
+    assert any(n.startswith("checkpoint_") for n in os.listdir(resume.run_dir(c.out, "train")))  # nothing lost
+
+
+def test_a_finished_run_is_cleared_and_a_new_one_starts(tmp_path):
+    c = cfg(tmp_path, lr=0.01)
+    resume.prepare(c, CLASSES)
+    fake_checkpoint(c)
+    resume.mark_finished(c, CLASSES)
+    assert "finished; starting a new one" in resume.prepare(cfg(tmp_path, lr=0.5), CLASSES)
+    assert os.listdir(resume.run_dir(c.out, "train")) == [resume.MARKER]
+
+
+def test_a_run_cut_off_before_its_first_checkpoint_just_starts(tmp_path):
+    c = cfg(tmp_path, lr=0.01)
+    resume.prepare(c, CLASSES)
+    assert resume.prepare(cfg(tmp_path, lr=0.02), CLASSES) == ""
+
+
+def test_checkpoints_raycat_did_not_write_are_left_alone(tmp_path):
+    c = cfg(tmp_path)
+    fake_checkpoint(c)
+    with pytest.raises(resume.ResumeError, match="did not write"):
+        resume.prepare(c, CLASSES)
+
+
+def test_lr_find_always_sweeps_afresh(tmp_path):
+    c = cfg(tmp_path)
+    os.makedirs(os.path.join(resume.run_dir(c.out, "lr_find"), "checkpoint_x"))
+    assert resume.prepare(c, CLASSES, "lr_find") == ""
+    assert not os.path.exists(resume.run_dir(c.out, "lr_find"))
