@@ -180,22 +180,34 @@ def run_predict(cfg: PredictConfig) -> int:
                         batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.workers),
                         num_gpus=1 if cfg.gpu else None)
     fs, scored_path = storage.filesystem(scored_uri)
+    # Ray Data retries each Parquet write on the store's transient errors (AWS NETWORK_CONNECTION...).
     ds.write_parquet(scored_path, filesystem=fs)
 
     # Second, driver-side streaming pass: summarise, and keep only the readable rows as predictions.
-    scored = pads.dataset(scored_path, filesystem=fs, format="parquet")
-    summary = summarize(scored.to_batches(columns=["path", "label", "prediction", "error"]), card.classes)
-    columns = [c for c in scored.schema.names if c != "error"]
-    _, staged_path = storage.filesystem(staged)
-    pads.write_dataset(scored.scanner(columns=columns, filter=pc.field("error") == ""), staged_path, filesystem=fs,
-                       format="parquet", basename_template="part-{i}.parquet")
-    storage.replace_tree(staged, final)
-    storage.delete_tree(scored_uri)
+    # Each step reads or rewrites whole staging folders, so a failed try is simply run again.
+    def summarise() -> dict:
+        scored = pads.dataset(scored_path, filesystem=fs, format="parquet")
+        return summarize(scored.to_batches(columns=["path", "label", "prediction", "error"]), card.classes)
 
-    # Per-run files: remove any an earlier run left that this run does not write.
-    for name in PREDICT_OUTPUTS:
+    summary = storage.retrying(f"read {scored_uri}", summarise, storage.is_s3(scored_uri))
+    _, staged_path = storage.filesystem(staged)
+
+    def stage_predictions() -> None:
+        storage.delete_tree(staged)
+        scored = pads.dataset(scored_path, filesystem=fs, format="parquet")
+        columns = [c for c in scored.schema.names if c != "error"]
+        pads.write_dataset(scored.scanner(columns=columns, filter=pc.field("error") == ""), staged_path,
+                           filesystem=fs, format="parquet", basename_template="part-{i}.parquet")
+
+    storage.retrying(f"write {staged}", stage_predictions, storage.is_s3(staged))
+
+    # metrics.json goes first and comes back last: an OUT that has it holds one whole run's outputs,
+    # whatever point a failure (a store that stays down) stopped this one at.
+    for name in sorted(PREDICT_OUTPUTS, key=lambda n: n != "metrics.json"):  # per-run files an earlier run left
         if storage.exists(storage.join(cfg.out, name)):
             storage.delete_tree(storage.join(cfg.out, name))
+    storage.replace_tree(staged, final)
+    storage.delete_tree(scored_uri)
     cm = summary["cm"]
     n_labelled = int(cm.sum())
     m = {"n_images": summary["n_images"], "n_skipped": len(summary["skipped"]), "n_labelled": n_labelled,
@@ -209,8 +221,8 @@ def run_predict(cfg: PredictConfig) -> int:
         outputs.write_confusion(cfg.out, cm, card.classes, f"confusion matrix ({n_labelled} labelled images)")
         outputs.write_csv(storage.join(cfg.out, "most_confused.csv"), ["actual", "predicted", "count"],
                           metrics.most_confused(cm, card.classes))
-    outputs.write_json(storage.join(cfg.out, "metrics.json"), m)
     outputs.write_skipped(cfg.out, summary["skipped"])
+    outputs.write_json(storage.join(cfg.out, "metrics.json"), m)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     acc = f", accuracy {m['accuracy']:.4f} on {n_labelled} labelled" if n_labelled else ""
     print(f"raycat predict: {summary['n_images']} images scored ({cfg.tta} TTA views), "

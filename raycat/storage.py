@@ -76,6 +76,12 @@ def _retry(what: str, fn: Callable[[], T], retries: bool) -> T:
     raise AssertionError("unreachable")
 
 
+def retrying(what: str, fn: Callable[[], T], retries: bool = True) -> T:
+    """Run fn, retrying on I/O errors (with backoff) when `retries`; a final failure is a StorageError
+    naming `what`. For steps that call pyarrow directly on whole folders."""
+    return _retry(what, fn, retries)
+
+
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
     return _retry(f"stat {uri}", lambda: fs.get_file_info(path).type != pafs.FileType.NotFound, is_s3(uri))
@@ -183,9 +189,10 @@ def list_dir(uri: str) -> list[str]:
 
 def delete_tree(uri: str) -> None:
     fs, path = filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+    kind = _retry(f"stat {uri}", lambda: fs.get_file_info(path).type, is_s3(uri))
+    if kind == pafs.FileType.NotFound:
         return
-    if fs.get_file_info(path).type == pafs.FileType.File:
+    if kind == pafs.FileType.File:
         _retry(f"delete {uri}", lambda: fs.delete_file(path), is_s3(uri))
     else:
         _retry(f"delete {uri}", lambda: fs.delete_dir(path), is_s3(uri))
@@ -228,7 +235,9 @@ def replace_tree(staged: str, uri: str) -> None:
     delete_tree(uri)
     fs, stage_path = filesystem(staged)
     _, final_path = filesystem(uri)
-    for info in fs.get_file_info(pafs.FileSelector(stage_path, recursive=True)):
+    staged_files = _retry(f"list {staged}", lambda: fs.get_file_info(pafs.FileSelector(stage_path, recursive=True)),
+                          True)
+    for info in staged_files:
         if info.type == pafs.FileType.File:
             dst = final_path + info.path[len(stage_path):]
             _retry(f"copy to s3://{dst}", lambda s=info.path, d=dst: fs.copy_file(s, d), True)

@@ -112,6 +112,8 @@ def fit_recipe(cfg: TrainConfig, only_lr_find: bool = False, run_config=None, ca
 
 def write_train_outputs(cfg: TrainConfig, state: RecipeState, classes: list[str], skipped, extra: dict) -> None:
     out = cfg.out
+    # metrics.json goes first and comes back last: an OUT that has it holds one whole run's outputs.
+    storage.delete_tree(storage.join(out, "metrics.json"))
     outputs.write_model(out, state.model_state, cfg.arch, classes, cfg.size, cfg.aug, cfg.max_zoom)
     outputs.write_dicts(storage.join(out, "history.csv"), state.history, HISTORY_COLUMNS)
     from raycat import plots

@@ -28,10 +28,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """Start moto's S3 server on a loopback port and point the standard AWS variables at it.
+    """Start moto's S3 server on a loopback port and point the standard AWS variables at it, through
+    a TCP forwarder that tests can take down (`s3_outage`).
 
     Set before Ray starts, so Ray's worker processes inherit the same endpoint and credentials.
     """
+    from tcp_proxy import TcpProxy
+
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -48,6 +51,9 @@ def s3_server():
                 proc.kill()
                 raise RuntimeError("moto S3 server did not start") from None
             time.sleep(0.2)
+    global _PROXY
+    _PROXY = TcpProxy(port)
+    endpoint = _PROXY.url
     old = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                           "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")}
     os.environ.update({
@@ -59,6 +65,7 @@ def s3_server():
         "AWS_EC2_METADATA_DISABLED": "true",
     })
     yield endpoint
+    _PROXY.close()
     proc.terminate()
     try:
         proc.wait(10)
@@ -69,6 +76,18 @@ def s3_server():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+_PROXY = None
+
+
+@pytest.fixture
+def s3_outage(s3_server):
+    """The forwarder in front of the S3 server (tests/tcp_proxy.py): .down(), .down_at(pattern),
+    .up(), .refused; .upstream_url reaches the server directly, to look at it while it is "down".
+    Always up again after the test."""
+    yield _PROXY
+    _PROXY.up()
 
 
 @pytest.fixture(scope="session")
