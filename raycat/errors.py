@@ -12,6 +12,8 @@ def root_cause(e: BaseException) -> BaseException:
     seen = set()
     while id(e) not in seen:
         seen.add(id(e))
+        if type(e).__module__.startswith("raycat"):
+            break  # raycat's own errors already say what failed, naming the URI or flag
         inner = getattr(e, "cause", None) or e.__cause__
         if isinstance(inner, BaseException):
             e = inner

@@ -6,6 +6,7 @@ the class index of a name is the same on every machine and every run.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from raycat import storage
@@ -48,6 +49,18 @@ class DatasetLayout:
     train: Split
     valid: Split
     test: Split
+
+
+def unsafe_class_names(classes: object) -> list[str]:
+    """The entries of a class list (from a model card, say) that could not be folder names: a class
+    name must never be able to point a path elsewhere, should one ever be joined into one."""
+    if not isinstance(classes, list) or not classes:
+        return [repr(classes)]
+    bad = [c for c in classes if not isinstance(c, str) or not c or c in (".", "..") or any(
+        ch in c for ch in ("/", "\\", "\0"))]
+    counts = Counter(c for c in classes if isinstance(c, str))
+    dupes = sorted(c for c, n in counts.items() if n > 1)
+    return [repr(c) for c in bad] + [f"{c!r} (twice)" for c in dupes]
 
 
 def _relative_parts(root: str, uri: str) -> list[str]:

@@ -20,7 +20,7 @@ from raycat import metrics, outputs, storage
 from raycat.augment import AugmentSpec
 from raycat.config import PredictConfig
 from raycat.errors import BadInput
-from raycat.layout import is_image_name
+from raycat.layout import is_image_name, unsafe_class_names
 from raycat.pipeline import decode_batch
 
 PREDICT_OUTPUTS = ["confusion_matrix.csv", "confusion_matrix.png", "most_confused.csv", "metrics.json",
@@ -48,6 +48,11 @@ def read_model_card(model: str) -> ModelCard:
         if storage.exists(card_uri) and storage.exists(storage.join(folder, "weights.pt")):
             try:
                 card = json.loads(storage.read_text(card_uri))
+                bad = unsafe_class_names(card["classes"])
+                if bad:
+                    raise ValueError(f"classes must be distinct folder names, not {', '.join(bad)}")
+                if not 8 <= int(card["size"]) <= 4096:
+                    raise ValueError(f"size {card['size']} is not an image side in pixels (8-4096)")
                 return ModelCard(uri=folder, arch=card["arch"], classes=list(card["classes"]), size=int(card["size"]),
                                  aug=card.get("aug", "side_on"), max_zoom=float(card.get("max_zoom", 1.1)))
             except (ValueError, KeyError, TypeError) as e:
