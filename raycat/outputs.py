@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import shutil
 from typing import Any, Iterable
 
 import torch
@@ -32,6 +33,24 @@ def check_writable(out: str) -> None:
     except Exception as e:  # noqa: BLE001 - any failure here means OUT is unusable
         raise OutputError(f"--out {out}: not writable ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
             from None
+
+
+MB = 1 << 20
+
+
+def check_space(out: str, need_bytes: int, what: str) -> None:
+    """Fail early, naming OUT, if its disk can't hold what the run will write (local OUT only: object
+    stores have no such limit). The probe in check_writable shows OUT exists by then."""
+    if storage.is_s3(out):
+        return
+    free = shutil.disk_usage(out).free
+    if free < need_bytes:
+        raise OutputError(f"--out {out}: {free / MB:.0f} MB free, and this run writes about "
+                          f"{need_bytes / MB:.0f} MB ({what})")
+
+
+def model_bytes(state_dict: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in state_dict.values())
 
 
 def csv_bytes(header: list[str], rows: Iterable[Iterable[Any]]) -> bytes:

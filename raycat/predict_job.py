@@ -162,6 +162,9 @@ def run_predict(cfg: PredictConfig) -> int:
     card = read_model_card(cfg.model)
     paths, labels = label_images(cfg.images, card.classes)
     outputs.check_writable(cfg.out)
+    # The scored rows are written twice (all rows, then the readable ones); Parquet compresses them.
+    row_bytes = sum(len(p) for p in paths) + len(paths) * (32 + 4 * len(card.classes))
+    outputs.check_space(cfg.out, 2 * row_bytes + 16 * outputs.MB, "the predictions and the plots")
 
     import pyarrow.compute as pc
     import pyarrow.dataset as pads

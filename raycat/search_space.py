@@ -65,6 +65,15 @@ def to_tune(space: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def n_trials(space: dict[str, Any], samples: int) -> int:
+    """Trials a sweep runs: Tune repeats every combination of the grid values `samples` times."""
+    n = samples
+    for spec in space.values():
+        if isinstance(spec, dict) and "grid" in spec:
+            n *= len(spec["grid"])
+    return n
+
+
 def recipe_keys() -> list[str]:
     """Keys `raycat train --config` takes that describe a recipe (not where the data or outputs live)."""
     import dataclasses

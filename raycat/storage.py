@@ -62,6 +62,16 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
+# Errors worth another try: the store or the network is briefly away or busy (the AWS SDK's error
+# names, as pyarrow reports them). A missing bucket or a denied request fails at once.
+TRANSIENT = ("NETWORK_CONNECTION", "SLOW_DOWN", "INTERNAL_FAILURE", "SERVICE_UNAVAILABLE", "REQUEST_TIMEOUT",
+             "HTTP status 500", "HTTP status 502", "HTTP status 503", "HTTP status 504", "curlCode")
+
+
+def is_transient(e: BaseException) -> bool:
+    return any(t in str(e) for t in TRANSIENT)
+
+
 def _retry(what: str, fn: Callable[[], T], retries: bool) -> T:
     delays = RETRY_DELAYS_S if retries else ()
     for attempt in range(len(delays) + 1):
@@ -70,7 +80,7 @@ def _retry(what: str, fn: Callable[[], T], retries: bool) -> T:
         except FileNotFoundError:
             raise
         except OSError as e:  # pyarrow's I/O errors are OSErrors
-            if attempt == len(delays):
+            if attempt == len(delays) or not is_transient(e):
                 raise StorageError(f"{what}: {e}") from e
             time.sleep(delays[attempt])
     raise AssertionError("unreachable")

@@ -46,6 +46,10 @@ def fit_recipe(cfg: TrainConfig, only_lr_find: bool = False, run_config=None, ca
     outputs.check_writable(cfg.out)
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.arch, len(layout.classes), cfg.weights)  # bad --weights: exit 2, before Ray
+    # model/weights.pt, two kept checkpoints and one being written (each about a copy of the
+    # weights), the plots and tables.
+    outputs.check_space(cfg.out, 4 * outputs.model_bytes(model.state_dict()) + 16 * outputs.MB,
+                        "the model, its checkpoints and the plots")
     if run_config is None:  # tune's trials resume through Tune instead
         note = resume.prepare(cfg, layout.classes, "lr_find" if only_lr_find else "train")
         if note:

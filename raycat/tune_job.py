@@ -16,8 +16,9 @@ import math
 from raycat import outputs, plots, storage
 from raycat.config import TrainConfig, TuneConfig, build, to_dict
 from raycat.layout import scan_layout
+from raycat.model import create_model
 from raycat.recipe import plan
-from raycat.search_space import load_space, recipe_keys, to_tune
+from raycat.search_space import load_space, n_trials, recipe_keys, to_tune
 
 TRIAL_COLUMNS_TAIL = ["valid_loss", "accuracy", "units_done", "status"]
 
@@ -83,11 +84,15 @@ def trial_status(result, cfg_values: dict) -> str:
 
 
 def run_tune(cfg: TuneConfig) -> int:
-    scan_layout(cfg.data)  # layout errors: exit 2 before any cluster time
+    layout = scan_layout(cfg.data)  # layout errors: exit 2 before any cluster time
     space = load_space(cfg.space)
     outputs.check_writable(cfg.out)
     base = _base_values(cfg)
     build(TrainConfig, base)  # the shared settings must make a valid train config
+    # Every trial keeps its model and two checkpoints; the best model is copied once more.
+    weights = outputs.model_bytes(create_model(cfg.arch, len(layout.classes), "none").state_dict())
+    outputs.check_space(cfg.out, (4 * n_trials(space, cfg.samples) + 1) * weights + 16 * outputs.MB,
+                        "the trials' models and checkpoints")
 
     import ray
     from ray import tune
