@@ -16,7 +16,8 @@ import boto3
 import pyarrow.dataset as pads
 import pytest
 import torch
-from images import awkward_good_files, bad_files
+from images import awkward_good_files, bad_files, encode
+from PIL import Image
 from test_reliability import cmdline, descendants, png_header_only
 
 from raycat import outputs, storage
@@ -114,7 +115,8 @@ def test_a_killed_predict_actor_is_replaced_and_every_image_is_scored_once(train
 
 @pytest.mark.integration
 def test_one_image_in_ten_corrupt_every_bad_file_listed_once(trained_run, tmp_path):
-    """300 images, 30 of them unreadable in every way the decoder knows, spread over the classes."""
+    """300 images, 30 of them unreadable in every way the decoder knows, spread over the classes,
+    with every odd-but-readable kind (1x1 too) and a symlink loop in the tree."""
     images = tmp_path / "images"
     n_good = copies_of_valid(trained_run, str(images), 6)
     awkward = awkward_good_files()
@@ -126,9 +128,11 @@ def test_one_image_in_ten_corrupt_every_bad_file_listed_once(trained_run, tmp_pa
         path = images / classes[i % len(classes)] / f"bad{i}_{name}"
         path.write_bytes(data)
         bad.append(str(path))
+    awkward["one_pixel.png"] = encode(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG")
     for i, (name, data) in enumerate(awkward.items()):  # odd but readable: must be scored, not skipped
         (images / classes[i % len(classes)] / f"odd_{name}").write_bytes(data)
     n_good += len(awkward)
+    os.symlink(images, images / classes[0] / "loop")  # a symlink loop: walked once, not forever
     out = tmp_path / "out"
     assert n_good + len(bad) >= 250
     assert main(["predict", trained_run["out"], str(images), "--out", str(out), "--tta", "2"]) == 0
