@@ -67,17 +67,18 @@ def test_class_names_with_shell_metacharacters(tmp_path):
 
 
 def registered_state(run_dir):
-    """The RecipeState in the second-newest checkpoint under run_dir, or None. Ray Train may not have
-    registered the newest one yet when its driver dies (so a resumed run may redo that unit); it keeps
-    two, and the older is surely registered."""
+    """The RecipeState in the checkpoint Ray Train has registered as the latest (what a resumed run
+    starts from), read from its checkpoint manager's snapshot; None when there is none yet. The
+    newest folder on disk may not be it: one being written, or one a dead worker group left."""
     import torch
 
     from raycat.recipe import RecipeState
 
-    found = sorted(run_dir.glob("checkpoint_*/recipe_state.pt")) if run_dir.exists() else []
     try:
-        return RecipeState.from_dict(torch.load(found[-2], weights_only=True)) if len(found) >= 2 else None
-    except Exception:  # noqa: BLE001 - being written right now
+        snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        name = snap["latest_checkpoint_result"]["checkpoint_dir_name"]
+        return RecipeState.from_dict(torch.load(run_dir / name / "recipe_state.pt", weights_only=True))
+    except Exception:  # noqa: BLE001 - not there yet, or being written right now
         return None
 
 
