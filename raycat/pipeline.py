@@ -109,10 +109,17 @@ def read_images(paths: list[str], labels: list[int], size: int, shuffle_seed: in
 def cache_images(paths: list[str], labels: list[int], size: int, shuffle_seed: int | None = None) -> CachedImages:
     """Decode every image once; keep the good ones in Ray's object store, list the bad ones."""
     decoded = read_images(paths, labels, size, shuffle_seed).materialize()
-    bad = decoded.map_batches(_rows_with_error, fn_kwargs={"bad": True}, batch_size=DECODE_BATCH * 4)
+    # The bad rows come from the two small columns only; the images are copied into a second,
+    # filtered cache only when there is something to drop (usually there is not: the decoded
+    # cache is then used as it is, and its `error` column, all empty, is never read).
+    bad = decoded.select_columns(["path", "error"]).map_batches(_rows_with_error, fn_kwargs={"bad": True},
+                                                                batch_size=DECODE_BATCH * 16)
     skipped = [(str(r["path"]), str(r["error"])) for r in bad.take_all()]
-    good = decoded.map_batches(_rows_with_error, fn_kwargs={"bad": False}, batch_size=DECODE_BATCH * 4).materialize()
-    return CachedImages(dataset=good, skipped=sorted(skipped), count=good.count())
+    good = decoded
+    if skipped:
+        good = decoded.map_batches(_rows_with_error, fn_kwargs={"bad": False},
+                                   batch_size=DECODE_BATCH * 4).materialize()
+    return CachedImages(dataset=good, skipped=sorted(skipped), count=decoded.count() - len(skipped))
 
 
 def _rows_with_error(batch: dict[str, np.ndarray], bad: bool) -> dict[str, np.ndarray]:
