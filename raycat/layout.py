@@ -85,7 +85,7 @@ def _labelled_split(root: str, split: str) -> dict[str, list[str]]:
 
 def scan_layout(root: str) -> DatasetLayout:
     """List a dataset's images and classes, or raise LayoutError saying what is wrong and where."""
-    root = str(root).rstrip("/") if storage.is_s3(str(root)) else str(root)
+    root = storage.absolute(root)  # listed paths are absolute: so is the root they are cut from
     if not storage.exists(root):
         raise LayoutError(f"{root}: no such folder")
     missing = [s for s in ("train", "valid") if not storage.is_dir(storage.join(root, s))]

@@ -73,7 +73,7 @@ def label_images(images: str, classes: list[str]) -> tuple[list[str], list[int]]
     if not paths:
         raise PredictInputError(f"IMAGES {images}: no images found (extensions: jpg, jpeg, png, bmp, gif, webp, "
                                 "tif, tiff)")
-    root = images.rstrip("/")
+    root = storage.absolute(images)
     rel = [p[len(root) + 1:].replace("\\", "/").split("/") for p in paths]
     index = {c: i for i, c in enumerate(classes)}
     if all(len(r) == 2 for r in rel):

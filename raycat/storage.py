@@ -38,6 +38,13 @@ def join(uri: str, *parts: str) -> str:
     return os.path.join(uri, *parts)
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (list_files returns absolute paths); an s3:// URI without a
+    trailing slash. Anything that cuts listed paths relative to a root must use this root."""
+    uri = str(uri)
+    return uri.rstrip("/") if is_s3(uri) else os.path.abspath(uri)
+
+
 def basename(uri: str) -> str:
     return posixpath.basename(str(uri).rstrip("/"))
 

@@ -63,3 +63,16 @@ def test_symlink_loop_does_not_hang(tmp_path):
     os.symlink(os.path.join(root, "train"), os.path.join(root, "train", "a", "loop"))
     lay = scan_layout(root)
     assert lay.train.counts(2)[1] == 1
+
+
+def test_a_relative_root_reads_like_an_absolute_one(tmp_path, monkeypatch):
+    """The demo's default OUT is relative (raycat-demo/): its dataset must scan, and predict must
+    label its images (a relative root once left every class folder looking empty)."""
+    from raycat.predict_job import label_images
+
+    make(tmp_path / "d", ["train/cat/1.jpg", "train/dog/1.jpg", "valid/cat/1.jpg", "valid/dog/1.jpg"])
+    monkeypatch.chdir(tmp_path)
+    lay = scan_layout("d")
+    assert lay.classes == ["cat", "dog"] and lay.train.labels == [0, 1]
+    assert label_images("d/valid", ["cat", "dog"])[1] == [0, 1]
+    assert label_images("./d/valid/", ["cat", "dog"])[1] == [0, 1]
