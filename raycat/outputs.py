@@ -114,6 +114,6 @@ def write_skipped(out: str, skipped: list[tuple[str, str]]) -> None:
     uri = storage.join(out, "skipped.csv")
     if skipped:
         write_csv(uri, ["path", "reason"], sorted(set(skipped)))
-    elif storage.exists(uri):
+    else:
         storage.delete_tree(uri)
 

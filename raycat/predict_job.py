@@ -212,8 +212,7 @@ def run_predict(cfg: PredictConfig) -> int:
     # metrics.json goes first and comes back last: an OUT that has it holds one whole run's outputs,
     # whatever point a failure (a store that stays down) stopped this one at.
     for name in sorted(PREDICT_OUTPUTS, key=lambda n: n != "metrics.json"):  # per-run files an earlier run left
-        if storage.exists(storage.join(cfg.out, name)):
-            storage.delete_tree(storage.join(cfg.out, name))
+        storage.delete_tree(storage.join(cfg.out, name))  # (nothing there: nothing to do)
     storage.replace_tree(staged, final)
     storage.delete_tree(scored_uri)
     cm = summary["cm"]

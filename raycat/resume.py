@@ -57,11 +57,11 @@ def prepare(cfg: TrainConfig, classes: list[str], name: str = "train") -> str:
     Called before any cluster time is spent. Raises ResumeError if an unfinished run with other
     settings is there."""
     where = run_dir(cfg.out, name)
-    now = settings(cfg, classes)
-    marker = storage.join(where, MARKER)
     if name != "train":  # lr-find is one short unit: always a fresh sweep
         storage.delete_tree(where)
         return ""
+    now = settings(cfg, classes)
+    marker = storage.join(where, MARKER)
     message = ""
     if storage.exists(marker):
         before = json.loads(storage.read_text(marker))

@@ -79,7 +79,9 @@ def is_transient(e: BaseException) -> bool:
     return any(t in str(e) for t in TRANSIENT)
 
 
-def _retry(what: str, fn: Callable[[], T], retries: bool) -> T:
+def retrying(what: str, fn: Callable[[], T], retries: bool = True) -> T:
+    """Run fn, retrying transient I/O errors with backoff when `retries`; a final failure is a
+    StorageError naming `what`. Every S3 call in raycat goes through here."""
     delays = RETRY_DELAYS_S if retries else ()
     for attempt in range(len(delays) + 1):
         try:
@@ -93,20 +95,14 @@ def _retry(what: str, fn: Callable[[], T], retries: bool) -> T:
     raise AssertionError("unreachable")
 
 
-def retrying(what: str, fn: Callable[[], T], retries: bool = True) -> T:
-    """Run fn, retrying on I/O errors (with backoff) when `retries`; a final failure is a StorageError
-    naming `what`. For steps that call pyarrow directly on whole folders."""
-    return _retry(what, fn, retries)
-
-
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return _retry(f"stat {uri}", lambda: fs.get_file_info(path).type != pafs.FileType.NotFound, is_s3(uri))
+    return retrying(f"stat {uri}", lambda: fs.get_file_info(path).type != pafs.FileType.NotFound, is_s3(uri))
 
 
 def is_dir(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return _retry(f"stat {uri}", lambda: fs.get_file_info(path).type == pafs.FileType.Directory, is_s3(uri))
+    return retrying(f"stat {uri}", lambda: fs.get_file_info(path).type == pafs.FileType.Directory, is_s3(uri))
 
 
 def read_bytes(uri: str) -> bytes:
@@ -116,7 +112,7 @@ def read_bytes(uri: str) -> bytes:
         with fs.open_input_stream(path) as f:
             return f.read()
 
-    return _retry(f"read {uri}", read, is_s3(uri))
+    return retrying(f"read {uri}", read, is_s3(uri))
 
 
 def read_text(uri: str) -> str:
@@ -132,7 +128,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             with fs.open_output_stream(path) as f:
                 f.write(data)
 
-        _retry(f"write {uri}", put, True)
+        retrying(f"write {uri}", put, True)
         return
     path = os.path.abspath(uri)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -162,7 +158,7 @@ def list_files(uri: str) -> list[str]:
     uri = str(uri)
     if is_s3(uri):
         fs, path = filesystem(uri)
-        infos = _retry(
+        infos = retrying(
             f"list {uri}",
             lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)),
             True,
@@ -196,7 +192,7 @@ def list_files(uri: str) -> list[str]:
 def list_dir(uri: str) -> list[str]:
     """Names of the entries directly inside a folder (files and folders), sorted."""
     fs, path = filesystem(uri)
-    infos = _retry(
+    infos = retrying(
         f"list {uri}",
         lambda: fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True)),
         is_s3(uri),
@@ -206,13 +202,13 @@ def list_dir(uri: str) -> list[str]:
 
 def delete_tree(uri: str) -> None:
     fs, path = filesystem(uri)
-    kind = _retry(f"stat {uri}", lambda: fs.get_file_info(path).type, is_s3(uri))
+    kind = retrying(f"stat {uri}", lambda: fs.get_file_info(path).type, is_s3(uri))
     if kind == pafs.FileType.NotFound:
         return
     if kind == pafs.FileType.File:
-        _retry(f"delete {uri}", lambda: fs.delete_file(path), is_s3(uri))
+        retrying(f"delete {uri}", lambda: fs.delete_file(path), is_s3(uri))
     else:
-        _retry(f"delete {uri}", lambda: fs.delete_dir(path), is_s3(uri))
+        retrying(f"delete {uri}", lambda: fs.delete_dir(path), is_s3(uri))
 
 
 def upload_tree(local_dir: str, uri: str) -> None:
@@ -252,12 +248,12 @@ def replace_tree(staged: str, uri: str) -> None:
     delete_tree(uri)
     fs, stage_path = filesystem(staged)
     _, final_path = filesystem(uri)
-    staged_files = _retry(f"list {staged}", lambda: fs.get_file_info(pafs.FileSelector(stage_path, recursive=True)),
+    staged_files = retrying(f"list {staged}", lambda: fs.get_file_info(pafs.FileSelector(stage_path, recursive=True)),
                           True)
     for info in staged_files:
         if info.type == pafs.FileType.File:
             dst = final_path + info.path[len(stage_path):]
-            _retry(f"copy to s3://{dst}", lambda s=info.path, d=dst: fs.copy_file(s, d), True)
+            retrying(f"copy to s3://{dst}", lambda s=info.path, d=dst: fs.copy_file(s, d), True)
     delete_tree(staged)
 
 
