@@ -12,7 +12,6 @@ import os
 import sys
 import tempfile
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,33 +21,33 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from results import machine, write_section  # noqa: E402
 
 from raycat import storage  # noqa: E402
-from raycat.augment import AugmentSpec, augment_batch, eval_batch  # noqa: E402
+from raycat.core.augment import AugmentSpec, augment, normalize  # noqa: E402
+from raycat.core.decode import decode_one  # noqa: E402
+from raycat.core.model import create_model  # noqa: E402
 from raycat.datasets import make_shapes_dataset  # noqa: E402
-from raycat.decode import load_image  # noqa: E402
 from raycat.layout import scan_layout  # noqa: E402
-from raycat.model import create_model  # noqa: E402
 
 SIZE = 48
 
 
 def train(preset: str, tx, ty, vx, vy, epochs: int) -> tuple[float, float, float]:
     torch.manual_seed(0)
-    model = create_model("resnet18", int(ty.max()) + 1, "none")
+    model = create_model("resnet18", int(ty.max()) + 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     gen, spec = torch.Generator().manual_seed(0), AugmentSpec(preset, 1.3)
     best = float("inf")
     for _ in range(epochs):
         model.train()
-        perm = torch.randperm(len(tx)).numpy()
+        perm = torch.randperm(len(tx))
         for i in range(0, len(tx), 16):
             idx = perm[i:i + 16]
-            loss = F.cross_entropy(model(augment_batch(tx[idx], spec, gen)), ty[idx])
+            loss = F.cross_entropy(model(augment(tx[idx], spec, gen)), ty[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
         model.eval()
         with torch.no_grad():
-            out = model(eval_batch(vx))
+            out = model(normalize(vx))
         vl = F.cross_entropy(out, vy).item()
         best = min(best, vl)
     return vl, best, (out.argmax(1) == vy).float().mean().item()
@@ -63,7 +62,7 @@ def main() -> None:
     root = make_shapes_dataset(os.path.join(tempfile.mkdtemp(), "d"), n_train=args.per_class, n_valid=50, seed=3,
                                easy=True)
     lay = scan_layout(root)
-    load = lambda ps: np.stack([load_image(storage.read_bytes(p), SIZE) for p in ps])
+    load = lambda ps: torch.stack([decode_one(storage.read_bytes(p), SIZE) for p in ps])  # noqa: E731
     tx, vx = load(lay.train.paths), load(lay.valid.paths)
     ty, vy = torch.tensor(lay.train.labels), torch.tensor(lay.valid.labels)
     rows = [(p, *train(p, tx, ty, vx, vy, args.epochs)) for p in ("none", "side_on")]

@@ -36,9 +36,9 @@ def run_check(cfg: CheckConfig) -> int:
         split = getattr(layout, name)
         if not len(split):
             continue
-        cached = pipeline.cache_images(split.paths, split.labels, cfg.size)
-        skipped += cached.skipped
-        bad = {p for p, _ in cached.skipped}
+        found = pipeline.check_files(split.paths, split.labels, cfg.size)
+        skipped += found
+        bad = {p for p, _ in found}
         counts = [0] * (len(layout.classes) if name != "test" else 1)
         for p, y in zip(split.paths, split.labels, strict=True):
             if p not in bad:

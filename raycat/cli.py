@@ -1,14 +1,15 @@
 """`raycat COMMAND ...`: a table maps each command to its config dataclass and a plain function.
 
-A command's flags are its dataclass's fields; `--config FILE` supplies any of them from JSON or
-YAML, and flags given on the command line win. Exit status: 0 done, 2 bad usage or input, 1 a
-failure while running.
+A command's flags are its dataclass's fields (those of its parts too) and nothing else: a flag
+another command reads is a usage error here (exit 2, naming it). `--config FILE` supplies any of
+them from JSON or YAML, and flags given on the command line win. Exit status: 0 done, 2 bad usage
+or input, 1 a failure while running. Importing this module imports neither torch nor Ray, so
+`--help` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import typing
 from typing import Any, Callable
@@ -23,7 +24,7 @@ from raycat.config import (
     TuneConfig,
     build,
     flag_name,
-    load_config_file,
+    flat_fields,
 )
 from raycat.errors import BadInput
 
@@ -53,15 +54,14 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int], str]] = {
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
-    hints = typing.get_type_hints(cls)
-    fields = dataclasses.fields(cls)
-    for f in sorted(fields, key=lambda f: not f.metadata.get("positional")):
+    fields = flat_fields(cls)
+    for f, typ, _ in sorted(fields, key=lambda t: not t[0].metadata.get("positional")):
         help_ = f.metadata.get("help", "")
-        typ = hints[f.name]
         if typing.get_origin(typ) is not None:  # Optional[X]
             typ = next(a for a in typing.get_args(typ) if a is not type(None))
         if f.metadata.get("positional"):
-            parser.add_argument(f.name, metavar=f.name.upper(), help=help_, choices=f.metadata.get("choices"))
+            more = {"nargs": "+"} if typ is list else {"choices": f.metadata.get("choices")}
+            parser.add_argument(f.name, metavar=f.name.upper(), help=help_, **more)
             continue
         if typ is list:  # everything after the positionals, passed through untouched
             parser.add_argument(f.name, nargs=argparse.REMAINDER, metavar="ARGS", help=help_)
@@ -69,17 +69,31 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         if typ is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-            help_ += f" (default: {f.default})"
+            help_ += f" (default: {_default(f)})"
         else:
             kwargs["type"] = typ
             kwargs["metavar"] = typ.__name__.upper()
-            help_ += f" (default: {f.default})"
+            help_ += f" (default: {_default(f)})"
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
         parser.add_argument(flag_name(f.name), help=help_, **kwargs)
     if cls not in (DemoConfig, CheckConfig, SubmitConfig):
         parser.add_argument("--config", metavar="FILE", default=None,
                             help="JSON or YAML recipe whose keys are these flags' names; flags win")
+
+
+def _default(f) -> Any:
+    import dataclasses
+
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """A JSON or YAML mapping of flag names (dashes or underscores) to values."""
+    from raycat import storage
+
+    data = storage.read_mapping(path, "--config")
+    return {str(k).lstrip("-").replace("-", "_"): v for k, v in data.items()}
 
 
 def make_parser() -> argparse.ArgumentParser:

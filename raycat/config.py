@@ -1,121 +1,240 @@
-"""One config dataclass per job. Each field is a CLI flag (or positional) and a `--config` key.
+"""What each command computes and where it runs, as dataclasses. Plain Python: no torch, no Ray.
 
-Fields carry their help text in `metadata["help"]`; `cli.py` builds each command's parser from
-its dataclass, so defaults and help live here only. Validation happens in `__post_init__`, before
-any cluster time is spent; errors name the flag.
+A job's config composes parts: `Recipe` (what a training run computes: the model, its data
+transforms and every rate and stage), `Resources` (where it runs: workers, GPUs, CPUs, cache,
+cluster) and the job's own inputs and outputs. Resume notes and `best_recipe.json` are the
+`Recipe` part alone.
+
+Every field is a CLI flag (or a positional) and a `--config` key; its help text sits in
+`metadata["help"]`. `cli.py` builds each command's parser from these classes, so defaults, help
+and choices live here only, and each value is validated once, in `__post_init__`, before any
+cluster time is spent; errors name the flag.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from raycat.augment import PRESETS
-from raycat.errors import BadInput
+from raycat.errors import ConfigError
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnext50_32x4d")
-
-
-class ConfigError(BadInput):
-    """Bad flag or config value; the message names the flag or key."""
+AUG_PRESETS = ("side_on", "top_down", "flip_shift", "none")
+STEMS = ("imagenet", "small", "small_pool")
+PRECISIONS = ("auto", "fp32", "bf16")
+SCHEDULES = ("sgdr", "one_cycle")
+LR_SUGGESTIONS = ("minimum", "valley", "steepest")
+CACHE_MODES = ("auto", "memory", "stream")
 
 
 def arg(default: Any, help: str, positional: bool = False, choices: tuple | None = None) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default),
+                     metadata={"help": help, "positional": positional, "choices": choices})
     return field(default=default, metadata={"help": help, "positional": positional, "choices": choices})
+
+
+def part(cls: type) -> Any:
+    """A component of a job's config (its fields are the job's flags too)."""
+    return field(default_factory=cls, metadata={"part": True})
 
 
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{flag_name(name)}: {message}")
+
+
+def _choice(cfg: Any, name: str, choices: tuple) -> None:
+    value = getattr(cfg, name)
+    _check(value in choices, name, f"unknown value {value!r}; choose one of {', '.join(choices)}")
+
+
 def _positive(cfg: Any, *names: str) -> None:
     for n in names:
-        if getattr(cfg, n) <= 0:
-            raise ConfigError(f"{flag_name(n)}: must be > 0, got {getattr(cfg, n)}")
+        _check(getattr(cfg, n) > 0, n, f"must be > 0, got {getattr(cfg, n)}")
 
 
 def _non_negative(cfg: Any, *names: str) -> None:
     for n in names:
-        if getattr(cfg, n) < 0:
-            raise ConfigError(f"{flag_name(n)}: must be >= 0, got {getattr(cfg, n)}")
+        _check(getattr(cfg, n) >= 0, n, f"must be >= 0, got {getattr(cfg, n)}")
 
 
 @dataclass
-class ModelArgs:
-    """Flags every model-using job shares (CONTRACT.md, 'Common flags')."""
+class Recipe:
+    """What a training run computes (CONTRACT.md, 'The staged recipe'). None means: chosen from
+    --weights (see `resolved`)."""
 
     arch: str = arg("resnet34", "torchvision architecture", choices=ARCHS)
     weights: str = arg("imagenet", "imagenet | none | path or URI of a state dict or a raycat model/ folder")
+    stem: str = arg("imagenet", "the body's stem: imagenet (7x7 stride 2, max-pool), small (3x3 stride 1, "
+                    "for images of 64 px or less), small_pool (small, then a max-pool)", choices=STEMS)
     size: int = arg(224, "image side in pixels, after resize and crop")
     batch_size: int = arg(64, "images per batch per worker")
-    workers: int = arg(1, "Ray Train workers (data-parallel processes)")
-    gpu: bool = arg(False, "one GPU per worker (CUDA, mixed precision, nccl)")
-    aug: str = arg("side_on", "augmentation preset", choices=PRESETS)
+    aug: str = arg("side_on", "augmentation preset (flip_shift: a mirror and a 2-pixel shift, for small images)",
+                   choices=AUG_PRESETS)
     max_zoom: float = arg(1.1, "largest random zoom of side_on/top_down")
-    seed: int = arg(0, "seed for model initialisation and data order")
-    address: str | None = arg(None, "Ray cluster to join (default: $RAY_ADDRESS, else a local Ray instance)")
-
-    def _check_model_args(self) -> None:
-        if self.arch not in ARCHS:
-            raise ConfigError(f"--arch: unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
-        if self.aug not in PRESETS:
-            raise ConfigError(f"--aug: unknown preset {self.aug!r}; choose one of {', '.join(PRESETS)}")
-        _positive(self, "size", "batch_size", "workers")
-        if self.size < 16:
-            raise ConfigError(f"--size: must be at least 16 pixels, got {self.size}")
-        if self.max_zoom < 1.0:
-            raise ConfigError(f"--max-zoom: must be >= 1.0, got {self.max_zoom}")
-
-
-@dataclass
-class RecipeArgs(ModelArgs):
-    """The staged recipe's settings (CONTRACT.md, 'The staged recipe')."""
-
+    seed: int = arg(0, "seed for model initialisation, data order and augmentation")
     lr: float | None = arg(None, "base learning rate of the head (default: from lr_find)")
-    lr_mult: float = arg(3.0, "m: layer groups train at [lr/m^2, lr/m, lr] after unfreezing")
-    precompute_epochs: int = arg(1, "epochs of the head on precomputed body activations")
-    head_cycles: int = arg(2, "SGDR cycles (cycle_len=1) of the head with augmentation")
+    lr_suggest: str = arg("minimum", "how lr_find picks the rate: minimum (the loss minimum / 10), valley, steepest",
+                          choices=LR_SUGGESTIONS)
+    lr_mult: float | None = arg(None, "m: layer groups train at [lr/m^2, lr/m, lr] after unfreezing "
+                                "(default: 3 with pretrained weights, 1 from scratch)")
+    precompute_epochs: int | None = arg(None, "epochs of the head on precomputed body activations "
+                                        "(default: 1 with pretrained weights, 0 from scratch)")
+    head_cycles: int | None = arg(None, "SGDR cycles (cycle_len=1) of the head with augmentation "
+                                  "(default: 2 with pretrained weights, 0 from scratch)")
     unfrozen_cycles: int = arg(3, "SGDR cycles after unfreezing (cycle_mult=2: 1+2+4 epochs for 3)")
     cycle_len: int = arg(1, "epochs in the first SGDR cycle")
     cycle_mult: int = arg(2, "each unfrozen cycle is this many times longer than the one before")
+    schedule: str = arg("sgdr", "the unfrozen stage's rates: sgdr (cosine, restarting each cycle) or one_cycle "
+                        "(warm up, then anneal, over all the stage's epochs)", choices=SCHEDULES)
     patience: int = arg(2, "stop the unfrozen stage when valid loss has risen this many epochs")
-    tta: int = arg(4, "augmented views for TTA on the valid set at the end (0: none)")
-    placement: str = arg("PACK", "Train workers on nodes: PACK (fewest nodes) or SPREAD (one per node if possible)",
-                         choices=("PACK", "SPREAD"))
     momentum: float = arg(0.9, "SGD momentum")
     weight_decay: float = arg(1e-4, "SGD weight decay")
+    nesterov: bool = arg(False, "Nesterov momentum")
+    label_smoothing: float = arg(0.0, "label smoothing of the training loss (0: none)")
+    precision: str = arg("auto", "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 (autocast)", choices=PRECISIONS)
+    tta: int = arg(4, "augmented views for TTA on the valid set at the end (0: none)")
 
-    def _check_recipe_args(self) -> None:
-        self._check_model_args()
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError(f"--lr: must be > 0, got {self.lr}")
-        if self.lr_mult < 1:
-            raise ConfigError(f"--lr-mult: must be >= 1, got {self.lr_mult}")
-        _non_negative(self, "precompute_epochs", "head_cycles", "unfrozen_cycles", "tta", "weight_decay", "momentum")
-        _positive(self, "cycle_len", "cycle_mult", "patience")
+    def __post_init__(self) -> None:
+        for name, choices in (("arch", ARCHS), ("aug", AUG_PRESETS), ("stem", STEMS), ("precision", PRECISIONS),
+                              ("schedule", SCHEDULES), ("lr_suggest", LR_SUGGESTIONS)):
+            _choice(self, name, choices)
+        _check(bool(self.weights), "weights", "must be imagenet, none, or a path or URI")
+        _positive(self, "size", "batch_size", "cycle_len", "cycle_mult", "patience")
+        _check(self.size >= 16, "size", f"must be at least 16 pixels, got {self.size}")
+        _check(self.max_zoom >= 1.0, "max_zoom", f"must be >= 1.0, got {self.max_zoom}")
+        _check(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(self.lr_mult is None or self.lr_mult >= 1, "lr_mult", f"must be >= 1, got {self.lr_mult}")
+        _check(0 <= self.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        _non_negative(self, "unfrozen_cycles", "tta", "weight_decay", "momentum")
+        for name in ("precompute_epochs", "head_cycles"):
+            _check(getattr(self, name) is None or getattr(self, name) >= 0, name, "must be >= 0")
+
+    @property
+    def pretrained(self) -> bool:
+        """A body that learnt something already (ImageNet's, or a file's): the frozen stages pay."""
+        return self.weights != "none"
+
+    def resolved(self) -> "Recipe":
+        """The recipe with every automatic value chosen. From scratch there is nothing to keep
+        frozen: the frozen stages would train a head on a random body's activations, and the
+        random early layers need the full rate, so both are off and every group shares one rate."""
+        pre = self.pretrained
+        return dataclasses.replace(
+            self,
+            precompute_epochs=(1 if pre else 0) if self.precompute_epochs is None else self.precompute_epochs,
+            head_cycles=(2 if pre else 0) if self.head_cycles is None else self.head_cycles,
+            lr_mult=(3.0 if pre else 1.0) if self.lr_mult is None else self.lr_mult,
+        )
+
+    @property
+    def frozen_stages(self) -> bool:
+        r = self.resolved()
+        return (r.precompute_epochs or 0) + (r.head_cycles or 0) > 0
 
 
 @dataclass
-class TrainConfig(RecipeArgs):
+class Resources:
+    """Where a run executes; may change between a run and its resume (CONTRACT.md, 'Connecting')."""
+
+    workers: int = arg(1, "Ray Train workers (data-parallel processes); for predict, scoring actors")
+    gpu: bool = arg(False, "one GPU per worker (CUDA, bf16, nccl; JPEGs decoded on the GPU)")
+    cpus_per_worker: int = arg(0, "CPUs each worker reserves and runs threads on (0: the cluster's CPUs shared "
+                               "out; on a local instance, cores / workers)")
+    address: str | None = arg(None, "Ray cluster to join (default: $RAY_ADDRESS, else a local Ray instance)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "workers")
+        _non_negative(self, "cpus_per_worker")
+
+
+@dataclass
+class TrainResources(Resources):
+    placement: str = arg("PACK", "Train workers on nodes: PACK (fewest nodes) or SPREAD (one per node if possible)",
+                         choices=("PACK", "SPREAD"))
+    cache: str = arg("auto", "decoded images: memory (each worker keeps its shard after the first epoch), stream "
+                     "(read and decode every epoch), auto (memory when it fits)", choices=CACHE_MODES)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice(self, "placement", ("PACK", "SPREAD"))
+        _choice(self, "cache", CACHE_MODES)
+
+
+def _require(cfg: Any, *names: str) -> None:
+    for n in names:
+        if not getattr(cfg, n):
+            what = flag_name(n) if n == "out" else n.upper()
+            raise ConfigError(f"{what}: required (a folder or s3:// URI)")
+
+
+@dataclass
+class TrainConfig:
     """`raycat train DATA --out OUT` and `raycat lr-find DATA --out OUT`."""
 
     data: str = arg("", "dataset folder or s3:// URI (train/<class>/, valid/<class>/)", positional=True)
-    out: str = arg("", "output folder or s3:// URI", )
+    out: str = arg("", "output folder or s3:// URI")
+    recipe: Recipe = part(Recipe)
+    resources: TrainResources = part(TrainResources)
 
     def __post_init__(self) -> None:
-        _require_data_and_out(self)
-        self._check_recipe_args()
+        _require(self, "data", "out")
 
 
-def _require_data_and_out(cfg: Any) -> None:
-    if not cfg.data:
-        raise ConfigError("DATA: a dataset folder or s3:// URI is required")
-    if not cfg.out:
-        raise ConfigError("--out: an output folder or s3:// URI is required")
+@dataclass
+class TuneConfig:
+    """`raycat tune DATA --out OUT --samples N`."""
+
+    data: str = arg("", "dataset folder or s3:// URI", positional=True)
+    out: str = arg("", "output folder or s3:// URI")
+    samples: int = arg(8, "trials to run")
+    max_concurrent: int = arg(0, "trials at once (0: as many as the cluster's resources allow)")
+    space: str | None = arg(None, "JSON or YAML file overriding the search space")
+    recipe: Recipe = part(Recipe)
+    resources: TrainResources = part(TrainResources)
+
+    def __post_init__(self) -> None:
+        _require(self, "data", "out")
+        _positive(self, "samples")
+        _non_negative(self, "max_concurrent")
+
+    def trial(self, recipe: Recipe, out: str) -> TrainConfig:
+        """One trial's `raycat train`: this sweep's data and resources, a sampled recipe."""
+        return TrainConfig(data=self.data, out=out, recipe=recipe, resources=self.resources)
+
+
+@dataclass
+class PredictConfig:
+    """`raycat predict MODEL IMAGES --out OUT [--tta N]`. The model's card fixes its arch, size,
+    classes and augmentation: predict has no flags for them."""
+
+    model: str = arg("", "a raycat model/ folder (or its parent OUT), local or s3://", positional=True)
+    images: list = arg([], "with --out: a folder or prefix of images, or a manifest (.csv or .parquet with a path "
+                       "column and an optional label column); without --out: image files, scored here",
+                       positional=True)
+    out: str = arg("", "output folder or s3:// URI (without it: print each file's class, no cluster)")
+    tta: int = arg(4, "augmented views averaged with the plain view (0: plain inference)")
+    tta_beta: float = arg(0.25, "weight of the augmented views' mean against the plain view")
+    batch_size: int = arg(64, "images per batch per scoring actor")
+    top: int = arg(16, "images in each grid of the images worth a look (top_losses.png, ...)")
+    resources: Resources = part(Resources)
+
+    def __post_init__(self) -> None:
+        self.images = [self.images] if isinstance(self.images, str) else list(self.images)
+        _require(self, "model", "images")
+        if self.out and len(self.images) != 1:
+            raise ConfigError(f"IMAGES: one folder, prefix or manifest with --out, got {len(self.images)}")
+        _non_negative(self, "tta", "top")
+        _check(0 <= self.tta_beta <= 1, "tta_beta", f"must be in [0, 1], got {self.tta_beta}")
+        _positive(self, "batch_size")
 
 
 @dataclass
@@ -127,8 +246,8 @@ class CheckConfig:
     address: str | None = arg(None, "Ray cluster to join (default: $RAY_ADDRESS, else local)")
 
     def __post_init__(self) -> None:
-        if not self.data:
-            raise ConfigError("DATA: a dataset folder or s3:// URI is required")
+        _require(self, "data")
+        _check(self.size >= 16, "size", f"must be at least 16 pixels, got {self.size}")
 
 
 @dataclass
@@ -141,133 +260,102 @@ class DemoConfig:
     seed: int = arg(0, "seed for the data and the model")
     address: str | None = arg(None, "Ray cluster to join (default: $RAY_ADDRESS, else local)")
 
+    def __post_init__(self) -> None:
+        _positive(self, "workers")
+        _check(self.size >= 16, "size", f"must be at least 16 pixels, got {self.size}")
+
 
 @dataclass
 class SubmitConfig:
     """`raycat submit JOB ARGS...`: run jobs/JOB.py on the cluster at $RAY_ADDRESS, follow its logs."""
 
     job: str = arg("", "train | predict | tune", positional=True, choices=("train", "predict", "tune"))
-    args: list = arg(None, "the job's arguments, as for `raycat JOB`")  # filled from the command line's rest
+    args: list = arg([], "the job's arguments, as for `raycat JOB`")  # filled from the command line's rest
     address: str | None = arg(None, "the cluster's dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS)")
     working_dir: str = arg(".", "folder uploaded as the job's working dir (this repository)")
     python: str = arg("python", "the interpreter on the cluster's nodes")
     wait: bool = arg(True, "follow the logs until the job ends (--no-wait: submit and return)")
 
     def __post_init__(self) -> None:
-        if self.job not in ("train", "predict", "tune"):
-            raise ConfigError(f"JOB: must be train, predict or tune, got {self.job!r}")
+        _choice(self, "job", ("train", "predict", "tune"))
         self.args = list(self.args or [])
 
 
-@dataclass
-class PredictConfig(ModelArgs):
-    """`raycat predict MODEL IMAGES --out OUT [--tta N]`."""
+# ---- flat keys (flags, --config files) <-> nested configs ------------------------------------
 
-    model: str = arg("", "a raycat model/ folder (or its parent OUT), local or s3://", positional=True)
-    images: str = arg("", "folder tree of images, local or s3://", positional=True)
-    out: str = arg("", "output folder or s3:// URI")
-    tta: int = arg(4, "augmented views averaged with the plain view (0: plain inference)")
-    tta_beta: float = arg(0.25, "weight of the augmented views' mean against the plain view")
-
-    def __post_init__(self) -> None:
-        for name in ("model", "images"):
-            if not getattr(self, name):
-                raise ConfigError(f"{name.upper()}: required")
-        if not self.out:
-            raise ConfigError("--out: an output folder or s3:// URI is required")
-        _non_negative(self, "tta")
-        if not 0 <= self.tta_beta <= 1:
-            raise ConfigError(f"--tta-beta: must be in [0, 1], got {self.tta_beta}")
-        _positive(self, "batch_size", "workers")
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
-@dataclass
-class TuneConfig(RecipeArgs):
-    """`raycat tune DATA --out OUT --samples N`."""
-
-    data: str = arg("", "dataset folder or s3:// URI", positional=True)
-    out: str = arg("", "output folder or s3:// URI")
-    samples: int = arg(8, "trials to run")
-    max_concurrent: int = arg(0, "trials at once (0: as many as the cluster's resources allow)")
-    space: str | None = arg(None, "JSON or YAML file overriding the search space")
-
-    def __post_init__(self) -> None:
-        _require_data_and_out(self)
-        self._check_recipe_args()
-        _positive(self, "samples")
-        _non_negative(self, "max_concurrent")
-
-
-# ---- reading config files and coercing values ------------------------------------------------
-
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+def flat_fields(cls: type) -> list[tuple[dataclasses.Field, Any, type | None]]:
+    """(field, its type, the part class holding it or None) for every flag of a job's config."""
+    out = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("part"):
+            sub = hints[f.name]
+            sub_hints = _hints(sub)
+            out += [(g, sub_hints[g.name], sub) for g in dataclasses.fields(sub)]
+        else:
+            out.append((f, hints[f.name], None))
+    return out
 
 
 def coerce(key: str, value: Any, typ: Any) -> Any:
-    """Check a config value against a field's type; error names the key."""
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(typ) if a is not type(None)]
+    """Check a config value against a field's type; the error names the key."""
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
         if value is None:
             return None
-        typ = args[0]
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-    elif typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif typ is str:
-        if isinstance(value, str):
-            return value
-    else:
+        typ = next(a for a in typing.get_args(typ) if a is not type(None))
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str)}.get(typ)
+    if ok is None:
         return value
-    raise ConfigError(f"config key {key!r}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
-
-
-def read_mapping(path: str, flag: str) -> dict[str, Any]:
-    """A JSON or YAML file (by extension) holding a mapping; errors name `flag` and the file."""
-    from raycat import storage
-
-    try:
-        text = storage.read_text(path)
-    except FileNotFoundError:
-        raise ConfigError(f"{flag}: no such file {path}") from None
-    kind = "YAML" if path.endswith((".yaml", ".yml")) else "JSON"
-    try:
-        if kind == "YAML":
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:  # noqa: BLE001 - any parse error becomes a usage error naming the file
-        raise ConfigError(f"{flag}: {path} is not valid {kind}: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{flag}: {path} must hold a mapping of names to values")
-    return data
-
-
-def load_config_file(path: str) -> dict[str, Any]:
-    """A JSON or YAML mapping of flag names (dashes or underscores) to values."""
-    data = read_mapping(path, "--config")
-    return {str(k).lstrip("-").replace("-", "_"): v for k, v in data.items()}
+    if not ok(value):
+        raise ConfigError(f"config key {key!r}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    return float(value) if typ is float else value
 
 
 def build(cls: type, values: dict[str, Any]) -> Any:
-    """Make a config from a mapping, rejecting unknown keys and wrong types by name."""
-    types_ = _field_types(cls)
-    unknown = sorted(set(values) - set(types_))
+    """A job's config from flat keys (flag names with underscores), rejecting unknown keys and
+    wrong types by name; each part gets its own keys."""
+    fields = flat_fields(cls)
+    known = {f.name: (typ, owner) for f, typ, owner in fields}
+    unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]!r} for {cls.__name__}; known keys: "
-                          f"{', '.join(sorted(types_))}")
-    return cls(**{k: coerce(k, v, types_[k]) for k, v in values.items()})
+        raise ConfigError(f"unknown config key {unknown[0]!r} for `{command_of(cls)}`; known keys: "
+                          f"{', '.join(sorted(known))}")
+    top: dict[str, Any] = {}
+    parts: dict[type, dict[str, Any]] = {}
+    for k, v in values.items():
+        typ, owner = known[k]
+        v = coerce(k, v, typ)
+        (top if owner is None else parts.setdefault(owner, {}))[k] = v
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("part"):
+            top[f.name] = hints[f.name](**parts.get(hints[f.name], {}))
+    return cls(**top)
+
+
+def flatten(cfg: Any) -> dict[str, Any]:
+    """The flat keys of a config (the inverse of build)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.metadata.get("part"):
+            out.update(dataclasses.asdict(v))
+        else:
+            out[f.name] = v
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def command_of(cls: type) -> str:
+    return {TrainConfig: "train", TuneConfig: "tune", PredictConfig: "predict", CheckConfig: "check",
+            DemoConfig: "demo", SubmitConfig: "submit"}.get(cls, cls.__name__)

@@ -10,17 +10,18 @@ import os
 import time
 
 from raycat.check import run_check
-from raycat.config import CheckConfig, DemoConfig, PredictConfig, TrainConfig
+from raycat.config import CheckConfig, DemoConfig, PredictConfig, Recipe, Resources, TrainConfig, TrainResources
 from raycat.datasets import make_shapes_dataset
 
 DEMO_CLASSES = ("circle", "square", "triangle", "star")
 
 
 def demo_train_config(cfg: DemoConfig, data: str, out: str) -> TrainConfig:
-    # Sized to finish in a few minutes on 2 CPU cores, from scratch.
-    return TrainConfig(data=data, out=out, arch="resnet18", weights="none", size=cfg.size, batch_size=32,
-                       workers=cfg.workers, seed=cfg.seed, address=cfg.address, precompute_epochs=1, head_cycles=1,
-                       unfrozen_cycles=4, cycle_mult=2, patience=3, tta=4)
+    # Sized to finish in a minute or two on 2 CPU cores, from scratch (so no frozen stages).
+    recipe = Recipe(arch="resnet18", weights="none", size=cfg.size, batch_size=32, seed=cfg.seed, unfrozen_cycles=3,
+                    cycle_mult=2, patience=3, tta=4)
+    return TrainConfig(data=data, out=out, recipe=recipe,
+                       resources=TrainResources(workers=cfg.workers, address=cfg.address))
 
 
 def run_demo(cfg: DemoConfig) -> int:
@@ -42,12 +43,12 @@ def run_demo(cfg: DemoConfig) -> int:
     run_train(demo_train_config(cfg, data, train_out))
     print("\n== raycat predict (valid set, labelled, with TTA) ==")
     predict_out = os.path.join(cfg.out, "predict")
-    run_predict(PredictConfig(model=os.path.join(train_out, "model"), images=os.path.join(data, "valid"),
-                              out=predict_out, tta=4, batch_size=64, workers=1, address=cfg.address))
+    run_predict(PredictConfig(model=os.path.join(train_out, "model"), images=[os.path.join(data, "valid")],
+                              out=predict_out, tta=4, resources=Resources(address=cfg.address)))
     print("\n== raycat predict (test set, unlabelled) ==")
-    run_predict(PredictConfig(model=os.path.join(train_out, "model"), images=os.path.join(data, "test"),
-                              out=os.path.join(cfg.out, "predict_test"), tta=4, batch_size=64, workers=1,
-                              address=cfg.address))
+    run_predict(PredictConfig(model=os.path.join(train_out, "model"), images=[os.path.join(data, "test")],
+                              out=os.path.join(cfg.out, "predict_test"), tta=4,
+                              resources=Resources(address=cfg.address)))
     print(f"\nraycat demo: done in {time.time() - t0:.0f}s.")
     print(f"  dataset:        {data}")
     print(f"  lr_find curve:  {os.path.join(cfg.out, 'lr_find', 'lr_find.png')}")

@@ -7,6 +7,10 @@ class BadInput(ValueError):
     """Bad usage or input, found before work starts: exit 2, the message names the flag, file or folder."""
 
 
+class ConfigError(BadInput):
+    """Bad flag or config value; the message names the flag or key."""
+
+
 def root_cause(e: BaseException) -> BaseException:
     """The innermost user-level exception inside Ray's wrappers (RayTaskError, TrainingFailedError)."""
     seen = set()
@@ -30,5 +34,7 @@ def root_cause(e: BaseException) -> BaseException:
 def describe_failure(e: BaseException) -> str:
     cause = root_cause(e)
     msg = str(cause).strip().splitlines()
-    text = msg[-1] if msg else ""
+    # raycat's own message is its first line (Ray may append advice after it); a foreign error's
+    # most telling line is usually its last.
+    text = (msg[0] if type(cause).__module__.startswith("raycat") else msg[-1]) if msg else ""
     return f"{type(cause).__name__}: {text}" if text else type(cause).__name__

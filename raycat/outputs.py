@@ -11,12 +11,9 @@ import io
 import json
 import os
 import shutil
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-import torch
-
-from raycat import __version__, plots, storage
-from raycat.augment import IMAGENET_MEAN, IMAGENET_STD
+from raycat import plots, storage
 from raycat.errors import BadInput
 
 
@@ -75,29 +72,10 @@ def write_dicts(uri: str, rows: list[dict], columns: list[str] | None = None) ->
     write_csv(uri, columns, ([r.get(c) for c in columns] for r in rows))
 
 
-def model_card(arch: str, classes: list[str], size: int, aug: str = "side_on", max_zoom: float = 1.1) -> dict:
-    # aug and max_zoom travel with the model: predict's TTA views use the training augmentation.
-    return {"arch": arch, "classes": list(classes), "size": size, "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD), "raycat_version": __version__, "aug": aug, "max_zoom": max_zoom}
-
-
-def write_model(out: str, state_dict: dict, arch: str, classes: list[str], size: int, aug: str = "side_on",
-                max_zoom: float = 1.1) -> None:
-    """model/weights.pt (a plain state dict, loadable with weights_only=True) and model/model.json.
-
-    The weights go first: model.json is what marks a folder as a raycat model, so a crash between
-    the two leaves a folder that is not mistaken for a complete model.
-    """
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
-    storage.write_bytes(storage.join(out, "model", "weights.pt"), buf.getvalue())
-    write_json(storage.join(out, "model", "model.json"), model_card(arch, classes, size, aug, max_zoom))
-
-
 def write_lr_find(out: str, name: str, found: dict) -> None:
     write_csv(storage.join(out, f"{name}.csv"), ["lr", "loss", "smoothed_loss"],
               zip(found["lr"], found["loss"], found["smoothed_loss"], strict=True))
-    title = "lr_find (head, frozen body)" if name == "lr_find" else "lr_find after unfreezing (head group's rate)"
+    title = f"{name} on {found.get('on', 'the model')}"
     storage.write_bytes(storage.join(out, f"{name}.png"),
                         plots.lr_find_png(found["lr"], found["loss"], found["smoothed_loss"], found["suggestion"],
                                           title))
@@ -107,6 +85,17 @@ def write_confusion(out: str, cm, classes: list[str], title: str = "confusion ma
     rows = ([c, *[int(v) for v in cm[i].tolist()]] for i, c in enumerate(classes))
     write_csv(storage.join(out, "confusion_matrix.csv"), ["actual\\predicted", *classes], rows)
     storage.write_bytes(storage.join(out, "confusion_matrix.png"), plots.confusion_png(cm, classes, title))
+
+
+def write_run(out: str, write_files: Callable[[], None], metrics: dict, stale: Iterable[str] = ()) -> None:
+    """A run's outputs in OUT: metrics.json is removed first (then the `stale` files an earlier run
+    left), `write_files()` writes the rest, and metrics.json comes back last. So an OUT that has a
+    metrics.json holds one whole run's outputs, whatever point a failure stopped a run at."""
+    storage.delete_tree(storage.join(out, "metrics.json"))
+    for name in stale:
+        storage.delete_tree(storage.join(out, name))
+    write_files()
+    write_json(storage.join(out, "metrics.json"), metrics)
 
 
 def write_skipped(out: str, skipped: list[tuple[str, str]]) -> None:

@@ -1,129 +1,91 @@
-"""The image pipeline on Ray Data: list -> read and decode (once, cached) -> augment (every epoch).
+"""Images on Ray Data: file bytes streamed to the processes that decode them.
 
-Decoded, resized images are materialised in Ray's object store (which spills to disk when memory
-is short), so decoding happens once per run. Augmentation is a lazy `map_batches` on top of that
-cache: every pass over the dataset (every epoch) runs it again with fresh random draws.
+Bytes travel, pixels are made where they are used: tasks read each file's bytes (local or S3) and
+stream them, a few dozen files a block, to the Train worker or scoring actor that consumes them,
+which decodes on its own device (core/decode.py) and augments there. A compressed image is a
+tenth of its pixels' bytes, so the object store carries a tenth of the data, and decoding runs on
+the CPUs (or GPU) the consumer reserved instead of competing with it from other processes.
+
+The read tasks reserve no CPU (ray_session.py's rule): they wait on storage.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import numpy as np
-import torch
 
 from raycat import storage
-from raycat.augment import AugmentSpec, augment_unit, normalize_uint8_chw, to_uint8
-from raycat.decode import DecodeError, load_image
 
-# Images per decode task: big enough to amortise task overhead, small enough to spread the work.
-DECODE_BATCH = 32
-AUGMENT_BATCH = 64
+READ_BATCH = 32  # files per read task call: amortises the task's overhead, keeps blocks small
+NO_ERROR = ""  # the `error` column of a good row; any other value is why the file was skipped
 
 
-def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """Read and decode a batch of {path, label}; bad files get an `error` and a blank image."""
+def read_files(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{path, label} -> {path, label, data (file bytes), error}; a file that can't be read gets an error."""
     paths = [str(p) for p in batch["path"]]
-    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
-    errors = []
-    for i, path in enumerate(paths):
+    data, errors = [], []
+    for path in paths:
         try:
-            images[i] = load_image(storage.read_bytes(path), size)
-            errors.append("")
-        except DecodeError as e:
-            errors.append(str(e))
+            data.append(storage.read_bytes(path))
+            errors.append(NO_ERROR)
         except (OSError, storage.StorageError) as e:
-            errors.append(f"unreadable: {e}")
-        except MemoryError:
-            errors.append("unreadable: out of memory while decoding")
-    return {
-        "path": np.asarray(paths, dtype=object),
-        "label": np.asarray(batch["label"], dtype=np.int64),
-        "image": images,
-        "error": np.asarray(errors, dtype=object),
-    }
+            data.append(b"")
+            errors.append(f"unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    return {"path": np.asarray(paths, dtype=object), "label": np.asarray(batch["label"], dtype=np.int64),
+            "data": np.asarray(data, dtype=object), "error": np.asarray(errors, dtype=object)}
 
 
-def _fresh_generator() -> torch.Generator:
-    # Seeded from the OS on every call, so every epoch (every pass) draws new augmentations.
-    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
+def good_rows(errors) -> np.ndarray:
+    """Mask of the rows whose file was read (and, after decoding, decoded)."""
+    return np.asarray([e == NO_ERROR for e in errors], dtype=bool)
 
 
-# Augmented views travel as uint8 (N, 3, H, W): a quarter of the bytes of float32 through Ray's
-# object store. The consumer normalises (collate_normalized), on its own device.
-
-def augment_rows(batch: dict[str, np.ndarray], spec: AugmentSpec) -> dict[str, np.ndarray]:
-    x = to_uint8(augment_unit(batch["image"], spec, _fresh_generator()))
-    return {"image": x.numpy(), "label": batch["label"]}
+def read_tasks(cluster_cpus: float) -> int:
+    """How many read tasks at once: enough to keep a few files in flight per consumer, few enough
+    not to start more worker processes than the node can bring up at once."""
+    return max(2, min(16, int(cluster_cpus)))
 
 
-def plain_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    x = np.ascontiguousarray(np.asarray(batch["image"]).transpose(0, 3, 1, 2))
-    return {"image": x, "label": batch["label"]}
-
-
-def collate_normalized(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """collate_fn for iter_torch_batches: uint8 CHW images -> normalised float32, labels -> int64."""
-    images = np.require(batch["image"], requirements=["C", "W"])
-    return {"image": normalize_uint8_chw(torch.from_numpy(images)),
-            "label": torch.as_tensor(np.asarray(batch["label"]), dtype=torch.long)}
-
-
-@dataclass
-class CachedImages:
-    """Decoded images of one split, held by Ray, plus what could not be read."""
-
-    dataset: object  # ray.data.MaterializedDataset with columns path, label, image (uint8 HWC)
-    skipped: list[tuple[str, str]]  # (path, reason)
-    count: int
-
-    def augmented(self, spec: AugmentSpec):
-        """A lazy dataset of freshly augmented uint8 CHW images each time it is read (see collate_normalized)."""
-        return self.dataset.randomize_block_order().map_batches(augment_rows, fn_kwargs={"spec": spec},
-                                                                 batch_size=AUGMENT_BATCH)
-
-    def plain(self):
-        return self.dataset.map_batches(plain_rows, batch_size=AUGMENT_BATCH)
-
-
-def read_images(paths: list[str], labels: list[int], size: int, shuffle_seed: int | None = None):
-    """Lazy Ray dataset of decoded images (columns path, label, image, error).
+def files_dataset(paths: list[str], labels: list[int], shuffle_seed: int | None = None):
+    """A lazy Ray dataset of {path, label, data, error} rows, one per file.
 
     With `shuffle_seed` the rows are put in a random (but reproducible) order first. Folder
-    listings come sorted by class, and Ray splits and shuffles by blocks of rows: without this,
-    blocks (and so workers and batches) would each hold one or two classes.
+    listings come sorted by class, and Ray splits by blocks of rows: without this, blocks (and so
+    workers and batches) would each hold one or two classes.
     """
+    import ray
     import ray.data
 
     items = [{"path": p, "label": int(y)} for p, y in zip(paths, labels, strict=True)]
     if shuffle_seed is not None:
         order = np.random.default_rng(shuffle_seed).permutation(len(items))
         items = [items[i] for i in order]
-    n_blocks = max(1, min(len(items) // DECODE_BATCH + 1, 200))
-    return ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
-        decode_batch, fn_kwargs={"size": size}, batch_size=DECODE_BATCH
-    )
+    n_blocks = max(1, min(len(items) // READ_BATCH + 1, 1000))
+    tasks = read_tasks(ray.cluster_resources().get("CPU", 1))
+    ds = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
+        read_files, batch_size=READ_BATCH, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=tasks))
+    ds.context.execution_options.preserve_order = True  # rows in this order: reproducible runs
+    return ds
 
 
-def cache_images(paths: list[str], labels: list[int], size: int, shuffle_seed: int | None = None) -> CachedImages:
-    """Decode every image once; keep the good ones in Ray's object store, list the bad ones."""
-    decoded = read_images(paths, labels, size, shuffle_seed).materialize()
-    # The bad rows come from the two small columns only; the images are copied into a second,
-    # filtered cache only when there is something to drop (usually there is not: the decoded
-    # cache is then used as it is, and its `error` column, all empty, is never read).
-    bad = decoded.select_columns(["path", "error"]).map_batches(_rows_with_error, fn_kwargs={"bad": True},
-                                                                batch_size=DECODE_BATCH * 16)
-    skipped = [(str(r["path"]), str(r["error"])) for r in bad.take_all()]
-    good = decoded
-    if skipped:
-        good = decoded.map_batches(_rows_with_error, fn_kwargs={"bad": False},
-                                   batch_size=DECODE_BATCH * 4).materialize()
-    return CachedImages(dataset=good, skipped=sorted(skipped), count=decoded.count() - len(skipped))
+def decode_errors(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """For `raycat check`: each file's decode error ("" when it decodes), pixels dropped."""
+    from raycat.core.decode import decode_batch
+
+    errors = list(batch["error"])
+    ok = [i for i, e in enumerate(errors) if e == NO_ERROR]
+    _, decode_errs = decode_batch([batch["data"][i] for i in ok], size)
+    for i, e in zip(ok, decode_errs, strict=True):
+        errors[i] = e
+    return {"path": batch["path"], "label": batch["label"], "error": np.asarray(errors, dtype=object)}
 
 
-def _rows_with_error(batch: dict[str, np.ndarray], bad: bool) -> dict[str, np.ndarray]:
-    mask = np.asarray([e != "" for e in batch["error"]], dtype=bool)
-    if bad:
-        return {"path": batch["path"][mask], "error": batch["error"][mask]}
-    return {k: v[~mask] for k, v in batch.items() if k != "error"}
+def check_files(paths: list[str], labels: list[int], size: int) -> list[tuple[str, str]]:
+    """(path, reason) of every file that can't be read or decoded, decoding on the cluster's CPUs."""
+    if not paths:
+        return []
+    checked = files_dataset(paths, labels).map_batches(decode_errors, fn_kwargs={"size": size},
+                                                       batch_size=READ_BATCH, num_cpus=1)
+    bad = []
+    for b in checked.iter_batches(batch_size=1024, batch_format="numpy"):
+        bad += [(str(p), str(e)) for p, e in zip(b["path"], b["error"], strict=True) if e != NO_ERROR]
+    return sorted(bad)

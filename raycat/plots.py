@@ -105,3 +105,18 @@ def trials_png(rows: list[dict]) -> bytes:
     ax.set_ylabel("valid accuracy (last report)")
     ax.set_title("tune trials (red ring: stopped early)")
     return _png(fig)
+
+
+def image_grid_png(images: list, titles: list[str], title: str, columns: int = 4) -> bytes:
+    """Images (uint8 HWC arrays) in a grid, each under its own caption: fast.ai's plot_top_losses."""
+    n = max(1, len(images))
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, caption in zip(axes.flat, images, titles, strict=False):
+        ax.imshow(img)
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)

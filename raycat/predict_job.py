@@ -1,9 +1,15 @@
-"""`raycat predict MODEL IMAGES --out OUT [--tta N]`: batch inference with TTA on Ray Data.
+"""`raycat predict MODEL IMAGES --out OUT [--tta N]`: batch scoring with TTA, resumable; and
+`raycat predict MODEL FILE [FILE ...]` (no --out): a few images scored here, in seconds, no cluster.
 
-Images stream from storage through decode tasks to a pool of actors that each hold the model, and
-the rows are written as Parquet as they come: the driver never holds the images, so memory stays
-bounded however many there are. Outputs are staged beside OUT's final names and moved into place
-only when complete.
+The batch job is one streaming pass: listing tasks cut IMAGES (a folder, a prefix or a manifest)
+into numbered shards (listing.py); a pool of scoring actors reads, decodes and scores each shard
+and writes its Parquet part and summary (scoring.py); the driver only merges the summaries
+(counts, confusion, skipped files, the top-N images worth a look), so its memory stays flat however
+many images there are.
+
+Parts and summaries go to OUT/.raycat-predict/ first. A run that dies leaves them there: the same
+command with the same OUT scores only the shards without a summary. When every shard is done the
+parts become OUT/predictions/ and the summary files are written, metrics.json last.
 """
 
 from __future__ import annotations
@@ -11,20 +17,22 @@ from __future__ import annotations
 import json
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import numpy as np
-import torch
-
-from raycat import metrics, outputs, storage
-from raycat.augment import AugmentSpec
+from raycat import listing, model_card, outputs, storage
 from raycat.config import PredictConfig
 from raycat.errors import BadInput
-from raycat.layout import is_image_name, unsafe_class_names
-from raycat.pipeline import decode_batch
+from raycat.scoring import DONE, PARTS, ScoringSpec, summary_uri
 
-PREDICT_OUTPUTS = ["confusion_matrix.csv", "confusion_matrix.png", "most_confused.csv", "metrics.json",
-                   "skipped.csv"]
+RUN_DIR = ".raycat-predict"
+RUN_NOTE = "run.json"
+GRIDS = {  # file stem -> (what it shows, which summary list feeds it)
+    "top_losses": "the most confidently wrong (highest loss)",
+    "most_uncertain": "the least confident predictions (labelled images)",
+    "least_confident": "the least confident predictions",
+}
+PER_RUN_FILES = ["confusion_matrix.csv", "confusion_matrix.png", "most_confused.csv", "skipped.csv",
+                 *[f"{g}.{ext}" for g in GRIDS for ext in ("png", "csv")]]
 
 
 class PredictInputError(BadInput):
@@ -32,207 +40,215 @@ class PredictInputError(BadInput):
 
 
 @dataclass
-class ModelCard:
-    uri: str  # the model/ folder
-    arch: str
+class Tally:
+    """The run's summary, merged one shard summary at a time (memory bounded by --top)."""
+
     classes: list[str]
-    size: int
-    aug: str
-    max_zoom: float
+    top: int
+    n_images: int = 0
+    shards: int = 0
+    cm: list[list[int]] | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    top_losses: list = field(default_factory=list)
+    least_confident: list = field(default_factory=list)
+    resumed_shards: int = 0  # scored by an earlier run that died, and not again
+    resumed_images: int = 0
+
+    def add(self, s: dict) -> None:
+        from raycat.core.metrics import keep_top
+
+        self.shards += 1
+        self.n_images += s["n_scored"]
+        self.skipped += [tuple(x) for x in s["skipped"]]
+        if s["cm"] is not None:
+            k = len(self.classes)
+            self.cm = [[(self.cm[i][j] if self.cm else 0) + s["cm"][i][j] for j in range(k)] for i in range(k)]
+        self.top_losses = keep_top(self.top_losses + s["top_losses"], self.top, key=lambda r: (r[0], r[1]))
+        self.least_confident = keep_top(self.least_confident + s["least_confident"], self.top,
+                                        key=lambda r: (r[0], r[1]), largest=False)
 
 
-def read_model_card(model: str) -> ModelCard:
-    """MODEL may be a raycat model/ folder or the OUT of `raycat train` that holds one."""
-    for folder in (model, storage.join(model, "model")):
-        card_uri = storage.join(folder, "model.json")
-        if storage.exists(card_uri) and storage.exists(storage.join(folder, "weights.pt")):
-            try:
-                card = json.loads(storage.read_text(card_uri))
-                bad = unsafe_class_names(card["classes"])
-                if bad:
-                    raise ValueError(f"classes must be distinct folder names, not {', '.join(bad)}")
-                if not 8 <= int(card["size"]) <= 4096:
-                    raise ValueError(f"size {card['size']} is not an image side in pixels (8-4096)")
-                return ModelCard(uri=folder, arch=card["arch"], classes=list(card["classes"]), size=int(card["size"]),
-                                 aug=card.get("aug", "side_on"), max_zoom=float(card.get("max_zoom", 1.1)))
-            except (ValueError, KeyError, TypeError) as e:
-                raise PredictInputError(f"MODEL {card_uri}: not a raycat model card ({type(e).__name__}: {e})") \
-                    from None
-    raise PredictInputError(f"MODEL {model}: not a raycat model (no model.json and weights.pt in it or in "
-                            f"{storage.join(model, 'model')})")
+def run_settings(cfg: PredictConfig, model: str) -> dict:
+    """What a resumed run must share with the run it goes on with."""
+    return {"model": model, "images": cfg.images[0], "tta": cfg.tta, "tta_beta": cfg.tta_beta, "top": cfg.top}
 
 
-def label_images(images: str, classes: list[str]) -> tuple[list[str], list[int]]:
-    """Image URIs under IMAGES and their labels (class index, or -1 when unknown).
-
-    A folder tree IMAGES/<name>/<image> with no loose images is a labelled set: every <name> must
-    be one of the model's classes. Otherwise an image is labelled when its folder is named after
-    a class.
-    """
-    paths = [p for p in storage.list_files(images) if is_image_name(p)]
-    if not paths:
-        raise PredictInputError(f"IMAGES {images}: no images found (extensions: jpg, jpeg, png, bmp, gif, webp, "
-                                "tif, tiff)")
-    root = storage.absolute(images)
-    rel = [p[len(root) + 1:].replace("\\", "/").split("/") for p in paths]
-    index = {c: i for i, c in enumerate(classes)}
-    if all(len(r) == 2 for r in rel):
-        unknown = sorted({r[0] for r in rel} - set(classes))
-        if unknown:
-            raise PredictInputError(
-                f"IMAGES {images}: labelled folders {', '.join(unknown)} are not among the model's classes "
-                f"({', '.join(classes)})")
-    labels = [index.get(r[-2], -1) if len(r) >= 2 else -1 for r in rel]
-    return paths, labels
-
-
-class Predictor:
-    """Ray Data actor holding the model: decoded batches in, one row of scores per readable image out."""
-
-    def __init__(self, card: dict, n_views: int, beta: float, use_gpu: bool, actors: int = 1):
-        import os
-
-        from raycat.model import create_model, load_weights
-
-        # Ray starts actors with OMP_NUM_THREADS=1; on CPU the actors should share the node's cores.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, actors)))
-
-        self.classes = card["classes"]
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model = create_model(card["arch"], len(self.classes), "none")
-        load_weights(self.model, card["uri"])
-        self.model.to(self.device).eval()
-        self.spec = AugmentSpec(card["aug"], card["max_zoom"])
-        self.n_views, self.beta = n_views, beta
-        self.gen = torch.Generator().manual_seed(0)
-
-    @torch.no_grad()
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        from raycat.recipe import autocast
-
-        with autocast(self.device):
-            return self.model(x.to(self.device)).float().cpu()
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from raycat.tta import tta_probs
-
-        ok = np.asarray([e == "" for e in batch["error"]], dtype=bool)
-        n, k = len(ok), len(self.classes)
-        probs = np.full((n, k), np.nan, dtype=np.float32)
-        if ok.any():
-            probs[ok] = tta_probs(self._logits, batch["image"][ok], self.spec, self.n_views, self.beta,
-                                  self.gen).numpy()
-        best = np.nan_to_num(probs, nan=-1.0).argmax(axis=1)
-        labels = batch["label"]
-        out = {
-            "path": batch["path"],
-            "label": np.asarray([self.classes[y] if y >= 0 else None for y in labels], dtype=object),
-            "prediction": np.asarray([self.classes[b] if o else None for b, o in zip(best, ok, strict=True)],
-                                     dtype=object),
-            "confidence": np.where(ok, probs.max(axis=1, initial=0.0), np.nan).astype(np.float32),
-            "error": batch["error"],
-        }
-        for j, c in enumerate(self.classes):
-            out[f"p_{c}"] = probs[:, j]
-        return out
-
-
-def summarize(table_batches, classes: list[str]) -> dict:
-    """Confusion matrix, counts and skipped files from the scored rows, one Arrow batch at a time."""
-    k = len(classes)
-    index = {c: i for i, c in enumerate(classes)}
-    cm = torch.zeros(k, k, dtype=torch.long)
-    n_images, skipped = 0, []
-    for b in table_batches:
-        d = b.to_pydict()
-        for path, err in zip(d["path"], d["error"], strict=True):
-            if err:
-                skipped.append((path, err))
-        good = [i for i, e in enumerate(d["error"]) if not e]
-        n_images += len(good)
-        lab = [(index[d["label"][i]], index[d["prediction"][i]]) for i in good if d["label"][i] is not None]
-        if lab:
-            y, p = torch.tensor(lab).T
-            cm += metrics.confusion_matrix(p, y, k)  # confusion counts add up across batches
-    return {"cm": cm, "n_images": n_images, "skipped": skipped}
+def prepare_run(run: str, settings: dict) -> set[str]:
+    """The shards an earlier, unfinished run with the same settings already scored (else none:
+    its leftovers are cleared). Writes this run's note."""
+    note = storage.join(run, RUN_NOTE)
+    if storage.exists(note):
+        before = json.loads(storage.read_text(note))
+        if before == settings:
+            done = {n[:-len(".json")] for n in storage.list_dir(storage.join(run, DONE)) if n.endswith(".json")}
+            if done:
+                print(f"raycat predict: resuming the unfinished run in {run}: {len(done)} shard(s) already scored")
+            return done
+        print(f"raycat predict: {run} holds an unfinished run with other settings; starting over")
+    storage.delete_tree(run)
+    storage.write_text(note, json.dumps(settings, sort_keys=True))
+    return set()
 
 
 def run_predict(cfg: PredictConfig) -> int:
+    if not cfg.out:
+        return predict_files(cfg)
     t0 = time.time()
-    card = read_model_card(cfg.model)
-    paths, labels = label_images(cfg.images, card.classes)
+    folder, card = model_card.find(cfg.model)
+    source, units = listing.plan_listing(cfg.images[0], card.classes)
     outputs.check_writable(cfg.out)
-    # The scored rows are written twice (all rows, then the readable ones); Parquet compresses them.
-    row_bytes = sum(len(p) for p in paths) + len(paths) * (32 + 4 * len(card.classes))
-    outputs.check_space(cfg.out, 2 * row_bytes + 16 * outputs.MB, "the predictions and the plots")
+    outputs.check_space(cfg.out, 64 * outputs.MB, "the predictions' first parts and the plots")
 
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
+    import ray
     import ray.data
 
     from raycat import ray_session
+    from raycat.scoring import Scorer
 
-    ray_session.connect(cfg.address)
+    ray_session.connect(cfg.resources.address)
+    res = cfg.resources
+    cpus = ray_session.worker_cpus(res.cpus_per_worker, res.workers, res.gpu, ray_session.node_cpus())
+    run = storage.join(cfg.out, RUN_DIR)
     storage.remove_stale_staging(cfg.out)
-    final = storage.join(cfg.out, "predictions")
-    scored_uri = storage.staging_uri(storage.join(cfg.out, "scored"))
-    staged = storage.staging_uri(final)
-    n_blocks = max(1, min(len(paths) // 64 + 1, 2000))
-    items = [{"path": p, "label": y} for p, y in zip(paths, labels, strict=True)]
-    ds = ray.data.from_items(items, override_num_blocks=n_blocks)
-    ds = ds.map_batches(decode_batch, fn_kwargs={"size": card.size}, batch_size=cfg.batch_size)
-    card_dict = {"uri": card.uri, "arch": card.arch, "classes": card.classes, "aug": card.aug,
-                 "max_zoom": card.max_zoom}
-    ds = ds.map_batches(Predictor, fn_constructor_kwargs={"card": card_dict, "n_views": cfg.tta, "beta": cfg.tta_beta,
-                                                          "use_gpu": cfg.gpu, "actors": cfg.workers},
-                        batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.workers),
-                        num_gpus=1 if cfg.gpu else None)
-    fs, scored_path = storage.filesystem(scored_uri)
-    # Ray Data retries each Parquet write on the store's transient errors (AWS NETWORK_CONNECTION...).
-    ds.write_parquet(scored_path, filesystem=fs)
-
-    # Second, driver-side streaming pass: summarise, and keep only the readable rows as predictions.
-    # Each step reads or rewrites whole staging folders, so a failed try is simply run again.
-    def summarise() -> dict:
-        scored = pads.dataset(scored_path, filesystem=fs, format="parquet")
-        return summarize(scored.to_batches(columns=["path", "label", "prediction", "error"]), card.classes)
-
-    summary = storage.retrying(f"read {scored_uri}", summarise, storage.is_s3(scored_uri))
-    _, staged_path = storage.filesystem(staged)
-
-    def stage_predictions() -> None:
-        storage.delete_tree(staged)
-        scored = pads.dataset(scored_path, filesystem=fs, format="parquet")
-        columns = [c for c in scored.schema.names if c != "error"]
-        pads.write_dataset(scored.scanner(columns=columns, filter=pc.field("error") == ""), staged_path,
-                           filesystem=fs, format="parquet", basename_template="part-{i}.parquet")
-
-    storage.retrying(f"write {staged}", stage_predictions, storage.is_s3(staged))
-
-    # metrics.json goes first and comes back last: an OUT that has it holds one whole run's outputs,
-    # whatever point a failure (a store that stays down) stopped this one at.
-    for name in sorted(PREDICT_OUTPUTS, key=lambda n: n != "metrics.json"):  # per-run files an earlier run left
-        storage.delete_tree(storage.join(cfg.out, name))  # (nothing there: nothing to do)
-    storage.replace_tree(staged, final)
-    storage.delete_tree(scored_uri)
-    cm = summary["cm"]
-    n_labelled = int(cm.sum())
-    m = {"n_images": summary["n_images"], "n_skipped": len(summary["skipped"]), "n_labelled": n_labelled,
-         "tta_views": cfg.tta, "tta_beta": cfg.tta_beta, "classes": card.classes, "model": card.uri,
-         "seconds": round(time.time() - t0, 2)}
-    if n_labelled:
-        prec, rec = metrics.precision_recall(cm)
-        m.update({"accuracy": float(cm.diag().sum()) / n_labelled,
-                  "precision": dict(zip(card.classes, prec, strict=True)),
-                  "recall": dict(zip(card.classes, rec, strict=True))})
-        outputs.write_confusion(cfg.out, cm, card.classes, f"confusion matrix ({n_labelled} labelled images)")
-        outputs.write_csv(storage.join(cfg.out, "most_confused.csv"), ["actual", "predicted", "count"],
-                          metrics.most_confused(cm, card.classes))
-    outputs.write_skipped(cfg.out, summary["skipped"])
-    outputs.write_json(storage.join(cfg.out, "metrics.json"), m)
+    done = prepare_run(run, run_settings(cfg, folder))
+    spec = ScoringSpec(model=folder, card=card.to_json(), tta=cfg.tta, tta_beta=cfg.tta_beta,
+                       batch_size=cfg.batch_size, gpu=res.gpu, cpus=cpus, run=run, top=cfg.top)
+    tasks = max(1, min(len(units), 8))
+    # The listing tasks leave out the shards an earlier run scored (a separate filter step would
+    # be a task needing a CPU that the scoring actors hold).
+    shards = ray.data.from_items(units, override_num_blocks=len(units)).flat_map(
+        listing.list_unit, fn_kwargs={"source": source, "skip": frozenset(done)}, num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=tasks))
+    scored = shards.map_batches(Scorer, fn_constructor_kwargs={"spec": spec}, batch_size=1,
+                                compute=ray.data.ActorPoolStrategy(size=res.workers), num_cpus=cpus,
+                                num_gpus=1 if res.gpu else None)
+    tally = Tally(card.classes, cfg.top)
+    for shard in sorted(done):
+        tally.add(json.loads(storage.read_text(summary_uri(run, shard))))
+    tally.resumed_shards, tally.resumed_images = tally.shards, tally.n_images + len(tally.skipped)
+    first = None
+    for row in scored.iter_rows():
+        first = first or time.time() - t0
+        tally.add(json.loads(row["summary"]))
+    if tally.n_images == 0 and not tally.skipped:
+        raise PredictInputError(f"IMAGES {cfg.images[0]}: no images found (extensions: jpg, jpeg, png, bmp, gif, "
+                                "webp, tif, tiff)")
+    metrics = write_predict_outputs(cfg, folder, card, run, tally, t0, first)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    acc = f", accuracy {m['accuracy']:.4f} on {n_labelled} labelled" if n_labelled else ""
-    print(f"raycat predict: {summary['n_images']} images scored ({cfg.tta} TTA views), "
-          f"{len(summary['skipped'])} skipped{acc}; driver peak RSS {peak_mb:.0f} MB; outputs in {cfg.out}")
+    acc = f", accuracy {metrics['accuracy']:.4f} on {metrics['n_labelled']} labelled" if metrics["n_labelled"] else ""
+    print(f"raycat predict: {tally.n_images} images scored ({cfg.tta} TTA views), {len(tally.skipped)} skipped{acc}; "
+          f"{metrics['seconds']:.0f}s (first shard after {metrics['first_shard_seconds']:.1f}s); driver peak RSS "
+          f"{peak_mb:.0f} MB; outputs in {cfg.out}")
     return 0
 
+
+def write_predict_outputs(cfg: PredictConfig, folder: str, card, run: str, tally: Tally, t0: float,
+                          first: float | None) -> dict:
+    from raycat.core import metrics as core_metrics
+
+    out, classes = cfg.out, card.classes
+    cm = tally.cm
+    n_labelled = sum(map(sum, cm)) if cm else 0
+    m = {"n_images": tally.n_images, "n_skipped": len(tally.skipped), "n_labelled": n_labelled,
+         "n_shards": tally.shards, "resumed_shards": tally.resumed_shards, "resumed_images": tally.resumed_images,
+         "tta_views": cfg.tta, "tta_beta": cfg.tta_beta, "classes": classes,
+         "model": folder, "raycat_version": card.raycat_version}
+
+    import torch
+
+    def write_files() -> None:
+        if tally.n_images:
+            storage.replace_tree(storage.join(run, PARTS), storage.join(out, "predictions"))
+        if n_labelled:
+            t = torch.tensor(cm)
+            outputs.write_confusion(out, t, classes, f"confusion matrix ({n_labelled} labelled images)")
+            outputs.write_csv(storage.join(out, "most_confused.csv"), ["actual", "predicted", "count"],
+                              core_metrics.most_confused(t, classes))
+            write_grid(out, "top_losses", card, tally.top_losses, ["loss", "path", "actual", "predicted",
+                                                                   "probability"])
+            write_grid(out, "most_uncertain", card, tally.least_confident, ["confidence", "path", "actual",
+                                                                           "predicted"])
+        else:
+            write_grid(out, "least_confident", card, tally.least_confident, ["confidence", "path", "actual",
+                                                                            "predicted"])
+        outputs.write_skipped(out, tally.skipped)
+
+    if n_labelled:
+        prec, rec = core_metrics.precision_recall(torch.tensor(cm))
+        m.update({"accuracy": sum(cm[i][i] for i in range(len(classes))) / n_labelled,
+                  "precision": dict(zip(classes, prec, strict=True)), "recall": dict(zip(classes, rec, strict=True))})
+    m["seconds"] = round(time.time() - t0, 2)
+    m["first_shard_seconds"] = round(first if first is not None else m["seconds"], 2)
+    outputs.write_run(out, write_files, m, stale=["predictions", *PER_RUN_FILES])
+    storage.delete_tree(run)
+    return m
+
+
+def write_grid(out: str, name: str, card, rows: list, columns: list[str]) -> None:
+    """NAME.csv (the rows behind the grid) and NAME.png (the images, titled as fast.ai's plot_top_losses)."""
+    from raycat import plots
+
+    outputs.write_csv(storage.join(out, f"{name}.csv"), columns, rows)
+    if not rows:
+        return
+    images, titles = [], []
+    for r in rows:
+        record = dict(zip(columns, r, strict=True))
+        try:
+            images.append(thumbnail(record["path"], max(96, card.size)))
+        except Exception:  # noqa: BLE001 - a file gone since it was scored: no thumbnail, the CSV still lists it
+            continue
+        if name == "top_losses":
+            titles.append(f"{record['predicted']} / {record['actual']}\n"
+                          f"{record['loss']:.2f} / {record['probability']:.2f}")
+        else:
+            actual = f" / {record['actual']}" if record.get("actual") else ""
+            titles.append(f"{record['predicted']}{actual}\n{record['confidence']:.2f}")
+    heading = {"top_losses": "prediction / actual, loss / probability",
+               "most_uncertain": "prediction / actual, confidence",
+               "least_confident": "prediction, confidence"}[name]
+    storage.write_bytes(storage.join(out, f"{name}.png"),
+                        plots.image_grid_png(images, titles, f"{GRIDS[name]}: {heading}"))
+
+
+def thumbnail(path: str, size: int):
+    from raycat.core.decode import load_image
+
+    return load_image(storage.read_bytes(path), size)
+
+
+def predict_files(cfg: PredictConfig) -> int:
+    """A few image files scored in this process: no cluster, no outputs, one line per file."""
+    import torch
+
+    from raycat.core.decode import DecodeError, decode_one
+    from raycat.core.device import autocast, pick_device, resolve_precision
+    from raycat.core.evaluate import view_probs
+    from raycat.core.tta import tta_views
+
+    folder, card = model_card.find(cfg.model)
+    not_files = [p for p in cfg.images if storage.is_dir(p) or listing.is_manifest(p)]
+    if not_files:
+        raise PredictInputError(f"IMAGES {not_files[0]}: a folder or manifest needs --out (a batch job); without "
+                                "--out, name image files")
+    device = pick_device(cfg.resources.gpu)
+    precision = resolve_precision("auto", device)
+    model = model_card.load(folder, card).to(device)
+    views = tta_views(card.augment_spec(), cfg.tta, torch.Generator().manual_seed(0))
+
+    def forward(x):
+        with autocast(device, precision):
+            return model(x).float()
+
+    status = 0
+    for path in cfg.images:
+        try:
+            x = decode_one(storage.read_bytes(path), card.size).unsqueeze(0).to(device)
+        except (DecodeError, OSError, storage.StorageError) as e:
+            print(f"{path}: skipped ({e})")
+            status = 1
+            continue
+        p = view_probs(forward, x, views, cfg.tta_beta)[0]
+        best = int(p.argmax())
+        print(f"{path}: {card.classes[best]} ({float(p[best]):.4f})")
+    return status

@@ -1,4 +1,11 @@
-"""Joining a Ray cluster or starting a local one: the only place that calls ray.init."""
+"""Joining a Ray cluster or starting a local one (the only place that calls ray.init), and the
+rule for how many CPUs a worker or actor reserves.
+
+The rule: a process reserves in Ray the CPUs its threads keep busy, and runs that many threads.
+A local instance has exactly the machine's cores. Processes that only wait on storage (the tasks
+that read file bytes) reserve none: their few microseconds of CPU per file are spent inside the
+consumer's figures, and reserving a core for them would leave it idle.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +13,15 @@ import os
 
 
 def local_cpus() -> int:
-    # Ray Data tasks and Train workers block on each other's output; on a small machine, more
-    # logical CPUs than cores keeps both sides scheduled instead of starving one another.
-    return max(6, 2 * (os.cpu_count() or 1))
+    return os.cpu_count() or 1
 
 
 def connect(address: str | None = None) -> None:
-    """Join `address` (or $RAY_ADDRESS) if given, else start a local Ray instance without a dashboard."""
+    """Join `address` (or $RAY_ADDRESS) if given, else start a local Ray instance.
+
+    The local instance runs the dashboard: Ray Train's placement-group cleaner asks its State API
+    whether a run's controller is alive, and without it a run that dies (a tune trial ASHA stops)
+    leaves its placement group holding the cores, and the next run waits for them for ever."""
     import ray
 
     if ray.is_initialized():
@@ -21,12 +30,37 @@ def connect(address: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=local_cpus(), include_dashboard=False, log_to_driver=True,
+        ray.init(num_cpus=local_cpus(), include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
                  configure_logging=True, logging_level="WARNING")
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    # Row order matters for reproducible shards and for matching predictions to paths in tests.
-    ctx.execution_options.preserve_order = True
     # Progress bars stay; the plan printed at the start of every dataset execution does not.
     ctx.print_on_execution_start = False
+    # A task's own error (raycat's StorageError naming a URI, say) reaches the driver as raised, not
+    # wrapped in Ray Data's UserCodeException.
+    ctx.raise_original_map_exception = True
+
+
+def node_cpus() -> list[tuple[float, float]]:
+    """(CPUs, GPUs) of each alive node of the cluster this process is connected to."""
+    import ray
+
+    return [(n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n["Alive"]]
+
+
+def worker_cpus(requested: int, workers: int, gpu: bool, nodes: list[tuple[float, float]]) -> int:
+    """CPUs each of `workers` Train workers (or scoring actors) reserves, and the threads it runs.
+
+    `requested` > 0 wins. Otherwise the cluster's CPUs are shared out: with GPUs, each worker
+    takes its GPU node's CPUs per GPU (they decode what the GPU can't and feed it); on CPU, the
+    cluster's CPUs divided among the workers, never more than the largest node holds.
+    """
+    if requested > 0:
+        return requested
+    if gpu:
+        per_gpu = [c / g for c, g in nodes if g > 0]
+        return max(1, int(min(per_gpu))) if per_gpu else 1
+    total = sum(c for c, _ in nodes)
+    largest = max((c for c, _ in nodes), default=1)
+    return max(1, int(min(total // max(1, workers), largest)))

@@ -9,8 +9,9 @@ for a run that was cut off, and wrong for two cases this module guards against:
   recipes, and starting over would throw its checkpoints away, so raycat stops (exit 2), names
   the settings that differ and says how to start over.
 
-Resources may change between the runs (workers, GPUs, placement, cluster address, where the data
-lives): a run cut off on one cluster can go on on another.
+Only the recipe (config.Recipe) and the classes must match: resources may change between the
+runs (workers, GPUs, CPUs, cache, cluster address, where the data lives), so a run cut off on one
+cluster can go on on another.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from raycat.config import TrainConfig, to_dict
 from raycat.errors import BadInput
 
 MARKER = "raycat_run.json"
-# Settings that say where and on what a run executes, not what it computes.
-RESOURCE_KEYS = frozenset({"address", "placement", "gpu", "workers", "data", "out"})
 
 
 class ResumeError(BadInput):
@@ -36,9 +35,7 @@ def run_dir(out: str, name: str) -> str:
 
 def settings(cfg: TrainConfig, classes: list[str]) -> dict:
     """What a run computes: the recipe's settings and the classes it learns."""
-    s = {k: v for k, v in to_dict(cfg).items() if k not in RESOURCE_KEYS}
-    s["classes"] = list(classes)
-    return s
+    return {**to_dict(cfg.recipe), "classes": list(classes)}
 
 
 def differences(before: dict, now: dict) -> list[str]:

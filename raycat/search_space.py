@@ -3,9 +3,12 @@ translation to Ray Tune's samplers (the one function here that touches Ray)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from raycat.config import ConfigError, RecipeArgs, read_mapping
+from raycat import storage
+from raycat.config import Recipe
+from raycat.errors import ConfigError
 
 # key -> spec. A spec is {"loguniform": [lo, hi]}, {"uniform": [lo, hi]}, {"randint": [lo, hi]},
 # {"choice": [...]}, {"grid": [...]} (every value, each --samples times), or a plain value (fixed).
@@ -18,8 +21,8 @@ DEFAULT_SPACE: dict[str, Any] = {
 }
 
 KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
-TUNABLE = {"lr", "lr_mult", "head_cycles", "unfrozen_cycles", "cycle_mult", "cycle_len", "precompute_epochs",
-           "arch", "size", "batch_size", "aug", "max_zoom", "weight_decay", "momentum", "patience"}
+# Every recipe setting but the starting weights and the seed (vary those with separate sweeps).
+TUNABLE = {f.name for f in dataclasses.fields(Recipe)} - {"weights", "seed"}
 
 
 def check_spec(key: str, spec: Any) -> None:
@@ -44,7 +47,7 @@ def load_space(path: str | None) -> dict[str, Any]:
     """The default space, with a file's keys replacing (or adding to) the defaults."""
     space = dict(DEFAULT_SPACE)
     if path:
-        for k, v in read_mapping(path, "--space").items():
+        for k, v in storage.read_mapping(path, "--space").items():
             check_spec(k, v)
             space[k.replace("-", "_")] = v
     return space
@@ -72,10 +75,3 @@ def n_trials(space: dict[str, Any], samples: int) -> int:
         if isinstance(spec, dict) and "grid" in spec:
             n *= len(spec["grid"])
     return n
-
-
-def recipe_keys() -> list[str]:
-    """Keys `raycat train --config` takes that describe a recipe (not where the data or outputs live)."""
-    import dataclasses
-
-    return [f.name for f in dataclasses.fields(RecipeArgs) if f.name != "address"]

@@ -49,6 +49,12 @@ def basename(uri: str) -> str:
     return posixpath.basename(str(uri).rstrip("/"))
 
 
+def relative_parts(root: str, uri: str) -> list[str]:
+    """The path components of a listed `uri` below `root` (made absolute, as list_files' URIs are)."""
+    rel = str(uri)[len(absolute(root)) + 1:]
+    return rel.replace("\\", "/").split("/")
+
+
 def _s3_filesystem() -> pafs.S3FileSystem:
     # Region and endpoint come from the environment; an explicit endpoint (moto, MinIO) needs no
     # region lookup. Retries inside pyarrow cover short blips; ours cover longer outages.
@@ -67,6 +73,12 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if is_s3(uri):
         return _s3_filesystem(), uri[len("s3://"):].rstrip("/")
     return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def ray_storage(uri: str) -> dict:
+    """`storage_path` (and `storage_filesystem` for S3) for Ray Train's and Tune's RunConfig."""
+    fs, path = filesystem(uri)
+    return {"storage_path": path, "storage_filesystem": fs} if is_s3(uri) else {"storage_path": path}
 
 
 # Errors worth another try: the store or the network is briefly away or busy (the AWS SDK's error
@@ -149,11 +161,38 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
-def list_files(uri: str) -> list[str]:
+def read_mapping(uri: str, flag: str) -> dict:
+    """A JSON or YAML file (by extension) holding a mapping; errors name `flag` and the file."""
+    import json
+
+    from raycat.errors import ConfigError
+
+    try:
+        text = read_text(uri)
+    except FileNotFoundError:
+        raise ConfigError(f"{flag}: no such file {uri}") from None
+    kind = "YAML" if str(uri).endswith((".yaml", ".yml")) else "JSON"
+    try:
+        if kind == "YAML":
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any parse error becomes a usage error naming the file
+        raise ConfigError(f"{flag}: {uri} is not valid {kind}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{flag}: {uri} must hold a mapping of names to values")
+    return data
+
+
+def list_files(uri: str, outside: str | None = None) -> list[str]:
     """Every file under a folder, recursively, as URIs in sorted order.
 
     Local trees are walked following symlinks, but each real folder is entered once, so a symlink
     loop ends instead of recursing for ever. Hidden files and folders (".name") are left out.
+    With `outside` (a folder holding `uri`), a symlink into `outside` but out of `uri` is not
+    followed: parallel listings of a tree's parts then never walk each other's folders.
     """
     uri = str(uri)
     if is_s3(uri):
@@ -173,10 +212,12 @@ def list_files(uri: str) -> list[str]:
             out.append("s3://" + info.path)
         return sorted(out)
     root = os.path.abspath(uri)
+    own, fence = os.path.realpath(root), os.path.realpath(outside) if outside else None
+    inside = lambda real, top: real == top or real.startswith(top.rstrip("/") + "/")  # noqa: E731
     out, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in seen:
+        if real in seen or (fence and inside(real, fence) and not inside(real, own)):
             dirnames[:] = []
             continue
         seen.add(real)

@@ -1,57 +1,90 @@
-"""`raycat train` and `raycat lr-find` on the driver: check inputs, decode and precompute on Ray
-Data, run the recipe on Ray Train, then write the contract's outputs from the final checkpoint."""
+"""`raycat train` and `raycat lr-find` on the driver: check inputs, stream the files to Ray Train's
+workers, run the recipe there, then write the contract's outputs from the final checkpoint."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-import torch
-
-from raycat import outputs, resume, storage
-from raycat.augment import AugmentSpec
-from raycat.config import TrainConfig, to_dict
+from raycat import model_card, outputs, resume, storage
+from raycat.config import TrainConfig
 from raycat.errors import BadInput
 from raycat.layout import scan_layout
-from raycat.model import create_model
-from raycat.recipe import GROUP_NAMES, RecipeState
+from raycat.train_worker import WorkerResult
 
-HISTORY_COLUMNS = ["stage", "epoch", "lr", "train_loss", "valid_loss", "accuracy", "seconds"]
-STEPS_COLUMNS = ["stage", "step", "loss", *[f"lr_{g}" for g in GROUP_NAMES]]
+HISTORY_COLUMNS = ["stage", "epoch", "lr", "train_loss", "valid_loss", "accuracy", "seconds", "valid_seconds"]
+
+# Heap a Train worker needs besides its cache of decoded images: torch, the model, its gradients and
+# optimizer state, activations of a batch (generous for resnet50 at 224 px, batch 64).
+WORKER_HEADROOM = 2 << 30
 
 
 class InputError(BadInput):
     """Bad input found before training (exit 2)."""
 
 
-def _run_config(cfg: TrainConfig, name: str):
+@dataclass
+class FitResult:
+    """What a finished Ray Train run hands back to the driver."""
+
+    result: WorkerResult
+    classes: list[str]
+    cache: bool
+    cpus_per_worker: int
+    started_at: float  # when the command started (time.time())
+    ray_up_at: float  # when Ray was up (joined or started)
+
+
+def cache_fits(mode: str, n_images: int, size: int, workers: int, memory_per_worker: float) -> bool:
+    """Whether each worker keeps its shard's decoded pixels (uint8, 3 x size^2 bytes an image):
+    `memory`/`stream` force it; `auto` keeps them when they fit in the heap Ray has for a worker,
+    less what training itself needs."""
+    if mode != "auto":
+        return mode == "memory"
+    return cache_bytes(n_images, size, workers) <= memory_per_worker - WORKER_HEADROOM
+
+
+def cache_bytes(n_images: int, size: int, workers: int) -> int:
+    return -(-n_images // workers) * 3 * size * size
+
+
+def run_config(out: str, name: str, callbacks=None):
+    """Ray Train's RunConfig for a run whose checkpoints live under OUT/checkpoints/<name>: the
+    same for `raycat train` and every tune trial."""
     import ray.train
 
-    ckpt_uri = storage.join(cfg.out, "checkpoints")
-    fs, path = storage.filesystem(ckpt_uri)
-    kwargs = {"storage_path": path, "storage_filesystem": fs} if storage.is_s3(ckpt_uri) else {"storage_path": path}
     return ray.train.RunConfig(
         name=name,
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         # A worker that dies is replaced and the run goes on from the latest checkpoint.
         failure_config=ray.train.FailureConfig(max_failures=3),
-        # Ray's per-report INFO lines would bury the epoch table; warnings and errors still show.
+        # Ray Train's own INFO lines would bury the epoch table; warnings and errors still show.
         logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        **kwargs,
+        callbacks=list(callbacks or []),
+        **storage.ray_storage(storage.join(out, "checkpoints")),
     )
 
 
-def fit_recipe(cfg: TrainConfig, only_lr_find: bool = False, run_config=None, callbacks=None) -> dict:
-    """Everything up to the final RecipeState; returns it with the classes and skipped files."""
+def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable: bool = True) -> FitResult:
+    """Everything up to the final checkpoint. Inputs, OUT and --weights are checked before any
+    cluster time is spent. `resumable=False` (tune's trials) leaves resuming to Tune."""
+    started_at = time.time()
+    recipe, res = cfg.recipe.resolved(), cfg.resources
     layout = scan_layout(cfg.data)
     outputs.check_writable(cfg.out)
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.arch, len(layout.classes), cfg.weights)  # bad --weights: exit 2, before Ray
+    import torch
+
+    torch.manual_seed(recipe.seed)
+    model = model_card.starting_model(recipe.arch, recipe.weights, recipe.stem, len(layout.classes))
     # model/weights.pt, two kept checkpoints and one being written (each about a copy of the
     # weights), the plots and tables.
     outputs.check_space(cfg.out, 4 * outputs.model_bytes(model.state_dict()) + 16 * outputs.MB,
                         "the model, its checkpoints and the plots")
-    if run_config is None:  # tune's trials resume through Tune instead
-        note = resume.prepare(cfg, layout.classes, "lr_find" if only_lr_find else "train")
+    if len(layout.train) < res.workers:
+        raise InputError(f"--workers {res.workers}: more workers than training images ({len(layout.train)})")
+    name = "lr_find" if only_lr_find else "train"
+    if resumable:  # tune's trials resume through Tune instead
+        note = resume.prepare(cfg, layout.classes, name)
         if note:
             print(note)
 
@@ -59,112 +92,115 @@ def fit_recipe(cfg: TrainConfig, only_lr_find: bool = False, run_config=None, ca
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raycat import features, pipeline, ray_session
-    from raycat.train_worker import load_state, steps_per_epoch, train_loop
+    from raycat import pipeline, ray_session
+    from raycat.train_worker import WorkerPlan, load_result, steps_per_epoch, train_loop
 
-    ray_session.connect(cfg.address)
-    t0 = time.time()
-    train = pipeline.cache_images(layout.train.paths, layout.train.labels, cfg.size, shuffle_seed=cfg.seed)
-    valid = pipeline.cache_images(layout.valid.paths, layout.valid.labels, cfg.size)
-    for name, c in (("train", train), ("valid", valid)):
-        if c.count == 0:
-            raise InputError(f"{storage.join(cfg.data, name)}: no readable images ({len(c.skipped)} skipped)")
-    if train.count < cfg.workers:
-        raise InputError(f"--workers {cfg.workers}: more workers than readable training images ({train.count})")
-    state_ref = ray.put(model.state_dict())
-    use_features = cfg.precompute_epochs > 0
-    datasets = {"train_images": train.augmented(AugmentSpec(cfg.aug, cfg.max_zoom))}
-    valid_feature_shards = None
-    if use_features:
-        datasets["train_features"] = features.precompute(train.dataset, cfg.arch, len(layout.classes), state_ref,
-                                                         cfg.workers, cfg.gpu)
-        valid_feats = features.precompute(valid.dataset, cfg.arch, len(layout.classes), state_ref, cfg.workers,
-                                          cfg.gpu)
-        valid_feature_shards = valid_feats.split(cfg.workers, equal=False)
-    print(f"raycat: {train.count} train and {valid.count} valid images decoded"
-          f"{' and their activations precomputed' if use_features else ''} in {time.time() - t0:.1f}s; "
-          f"{len(train.skipped) + len(valid.skipped)} skipped")
-    loop_config = {
-        "cfg": to_dict(cfg),
-        "n_classes": len(layout.classes),
-        "initial_state": state_ref,
-        "batch_size": cfg.batch_size,
-        "steps_per_epoch": steps_per_epoch(train.count, cfg.workers, cfg.batch_size),
-        "features": use_features,
-        "valid_shards": valid.dataset.split(cfg.workers, equal=False),
-        "valid_feature_shards": valid_feature_shards,
-        "only_lr_find": only_lr_find,
-    }
-    run_config = run_config or _run_config(cfg, "lr_find" if only_lr_find else "train")
-    if callbacks:
-        run_config.callbacks = list(callbacks)
+    ray_session.connect(res.address)
+    ray_up_at = time.time()
+    cpus = ray_session.worker_cpus(res.cpus_per_worker, res.workers, res.gpu, ray_session.node_cpus())
+    memory = ray.available_resources().get("memory", 0.0) / res.workers
+    cache = cache_fits(res.cache, len(layout.train) + len(layout.valid), recipe.size, res.workers, memory)
+    per_worker = {"CPU": cpus, **({"GPU": 1} if res.gpu else {})}
+    if cache:  # the decoded shard lives in the worker's heap: reserve it
+        per_worker["memory"] = cache_bytes(len(layout.train) + len(layout.valid), recipe.size, res.workers)
+    print(f"raycat {name}: {len(layout.train)} train and {len(layout.valid)} valid files; {res.workers} worker(s) "
+          f"x {cpus} CPU{' + 1 GPU' if res.gpu else ''}; decoded images "
+          f"{'kept in memory after the first pass' if cache else 'streamed every epoch'}")
+    valid = [pipeline.files_dataset(layout.valid.paths[r::res.workers], layout.valid.labels[r::res.workers])
+             for r in range(res.workers)]
+    plan = WorkerPlan(recipe=recipe, n_classes=len(layout.classes), initial_state=ray.put(model.state_dict()),
+                      steps_per_epoch=steps_per_epoch(len(layout.train), res.workers, recipe.batch_size),
+                      gpu=res.gpu, cache=cache, cpus=cpus, precision=recipe.precision, valid=valid,
+                      only_lr_find=only_lr_find)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, placement_strategy=cfg.placement),
-        run_config=run_config,
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=list(datasets)),
+        train_loop_config=plan,
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpu, resources_per_worker=per_worker,
+                                     placement_strategy=res.placement),
+        run_config=run_config(cfg.out, name, callbacks),
+        datasets={"train": pipeline.files_dataset(layout.train.paths, layout.train.labels, shuffle_seed=recipe.seed)},
+        # In order: with --seed the rows arrive in the seeded order, so a run is reproducible (and
+        # two trials with the same settings tie, as ASHA expects).
+        dataset_config=DataConfig(datasets_to_split=["train"],
+                                  execution_options=ray.data.ExecutionOptions(preserve_order=True)),
     )
-    result = trainer.fit()
-    state = load_state(result.checkpoint)
-    if state is None:
+    result = load_result(trainer.fit().checkpoint)
+    if result is None:
         raise RuntimeError("training ended without a checkpoint")
-    return {"state": state, "classes": layout.classes, "skipped": train.skipped + valid.skipped,
-            "n_train": train.count, "n_valid": valid.count}
+    return FitResult(result=result, classes=layout.classes, cache=cache, cpus_per_worker=cpus, started_at=started_at,
+                     ray_up_at=ray_up_at)
 
 
-def write_train_outputs(cfg: TrainConfig, state: RecipeState, classes: list[str], skipped, extra: dict) -> None:
-    out = cfg.out
-    # metrics.json goes first and comes back last: an OUT that has it holds one whole run's outputs.
-    storage.delete_tree(storage.join(out, "metrics.json"))
-    outputs.write_model(out, state.model_state, cfg.arch, classes, cfg.size, cfg.aug, cfg.max_zoom)
-    outputs.write_dicts(storage.join(out, "history.csv"), state.history, HISTORY_COLUMNS)
-    from raycat import plots
+def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> None:
+    from raycat import __version__, plots
+    from raycat.core.augment import IMAGENET_MEAN, IMAGENET_STD
+    from raycat.core.schedules import GROUP_NAMES
 
-    storage.write_bytes(storage.join(out, "history.png"), plots.history_png(state.history))
-    outputs.write_dicts(storage.join(out, "steps.csv"), state.steps, STEPS_COLUMNS)
-    for name, found in state.lr_finds.items():
-        outputs.write_lr_find(out, name, found)
+    out, r, state = cfg.out, cfg.recipe.resolved(), fitted.result.state
     f = state.final
-    outputs.write_confusion(out, f["confusion_matrix"], classes, "confusion matrix (valid set, best epoch)")
-    outputs.write_skipped(out, skipped)
-    outputs.write_json(storage.join(out, "metrics.json"), {
+
+    def write_files() -> None:
+        card = model_card.ModelCard(arch=r.arch, classes=fitted.classes, size=r.size, mean=list(IMAGENET_MEAN),
+                                    std=list(IMAGENET_STD), stem=r.stem, aug=r.aug, max_zoom=r.max_zoom)
+        model_card.write(out, state.model_state, card)
+        outputs.write_dicts(storage.join(out, "history.csv"), state.history, HISTORY_COLUMNS)
+        storage.write_bytes(storage.join(out, "history.png"), plots.history_png(state.history))
+        outputs.write_dicts(storage.join(out, "steps.csv"), state.steps,
+                            ["stage", "step", "loss", *[f"lr_{g}" for g in GROUP_NAMES]])
+        for name, found in state.lr_finds.items():
+            outputs.write_lr_find(out, name, found)
+        outputs.write_confusion(out, f["confusion_matrix"], fitted.classes, "confusion matrix (valid set, best epoch)")
+        outputs.write_skipped(out, fitted.result.skipped)
+
+    stale = [] if "lr_find_unfrozen" in state.lr_finds else ["lr_find_unfrozen.csv", "lr_find_unfrozen.png"]
+    outputs.write_run(out, write_files, {
         "valid_accuracy": f["valid_accuracy"],
         "valid_loss": f["valid_loss"],
         "valid_accuracy_tta": f["valid_accuracy_tta"],
         "valid_loss_tta": f["valid_loss_tta"],
-        "tta_views": cfg.tta,
+        "tta_views": r.tta,
         "epochs": f["epochs"],
+        "best_epoch": f["best_epoch"],
         "seconds": round(state.seconds, 2),
-        "classes": classes,
+        "valid_seconds": round(state.valid_seconds, 2),
+        # fixed costs: Ray's start (or join), then the rest of the way to the first optimizer step
+        "ray_start_seconds": round(fitted.ray_up_at - fitted.started_at, 2),
+        # (a resumed run took its first step in an earlier command: no figure)
+        "to_first_step_seconds": round(state.first_step_at - fitted.ray_up_at, 2)
+        if (state.first_step_at or 0) >= fitted.ray_up_at else None,
+        "classes": fitted.classes,
         "base_lr": state.base_lr,
         "unfrozen_lr": state.unfrozen_lr,
         "stopped_early": state.stopped_early,
-        "workers": cfg.workers,
-        "worker_nodes": state.worker_nodes,
-        "n_skipped": len(skipped),
+        "notes": state.notes,
+        "workers": cfg.resources.workers,
+        "cpus_per_worker": fitted.cpus_per_worker,
+        "cache": "memory" if fitted.cache else "stream",
+        "worker_nodes": fitted.result.worker_nodes,
+        "n_train": fitted.result.n_train,
+        "n_valid": fitted.result.n_valid,
+        "n_skipped": len(fitted.result.skipped),
+        "raycat_version": __version__,
         **extra,
-    })
+    }, stale=stale)
 
 
 def run_train(cfg: TrainConfig) -> int:
     t0 = time.time()
-    r = fit_recipe(cfg)
-    write_train_outputs(cfg, r["state"], r["classes"], r["skipped"],
-                        {"n_train": r["n_train"], "n_valid": r["n_valid"]})
-    resume.mark_finished(cfg, r["classes"])
-    f = r["state"].final
+    fitted = fit(cfg)
+    write_train_outputs(cfg, fitted, {})
+    resume.mark_finished(cfg, fitted.classes)
+    f = fitted.result.state.final
     print(f"raycat train: valid accuracy {f['valid_accuracy']:.4f} (TTA {f['valid_accuracy_tta']:.4f}) after "
           f"{f['epochs']} epochs in {time.time() - t0:.0f}s; outputs in {cfg.out}")
     return 0
 
 
 def run_lr_find(cfg: TrainConfig) -> int:
-    r = fit_recipe(cfg, only_lr_find=True)
-    found = r["state"].lr_finds["lr_find"]
+    fitted = fit(cfg, only_lr_find=True)
+    found = fitted.result.state.lr_finds["lr_find"]
     outputs.write_lr_find(cfg.out, "lr_find", found)
-    outputs.write_skipped(cfg.out, r["skipped"])
+    outputs.write_skipped(cfg.out, fitted.result.skipped)
     print(f"raycat lr-find: suggested lr {found['suggestion']:.2e}; curve in "
           f"{storage.join(cfg.out, 'lr_find.png')}")
     return 0

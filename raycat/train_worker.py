@@ -1,92 +1,208 @@
-"""The Ray Train worker: a thin shell that feeds Ray Data shards to the plain-PyTorch recipe and
-turns its per-unit state into Ray Train reports and checkpoints."""
+"""The Ray Train worker: a thin shell that feeds streamed file bytes to the plain-PyTorch recipe and
+turns its per-unit state into Ray Train reports and checkpoints.
+
+Data on a worker: its split of the train files arrives as bytes from Ray Data; the worker decodes
+them on its device (core/decode.py) and, in `memory` cache mode, keeps the decoded pixels of its
+shard, so the first pass is the only one that reads or decodes. In `stream` mode every epoch reads
+and decodes again, for train sets larger than the workers' memory.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterator
 
+import numpy as np
 import torch
 
-from raycat.config import TrainConfig, build
-from raycat.distributed import LocalComm, TorchComm
-from raycat.model import create_model
-from raycat.recipe import Recipe, RecipeState
+from raycat.config import Recipe
+from raycat.core.data import Batch, index_batches
+from raycat.core.decode import decode_batch
+from raycat.core.device import to_device
+from raycat.core.recipe import RecipeState
+from raycat.pipeline import good_rows
 
 STATE_FILE = "recipe_state.pt"
+RUN_FILE = "run_info.json"  # beside the state: the workers' nodes and the files they skipped
 
 
-class RayShardData:
-    """This worker's data: its split of the train datasets, its part of the valid set."""
+@dataclass
+class WorkerPlan:
+    """What the driver hands every Train worker."""
 
-    def __init__(self, config: dict, rank: int):
-        import ray.train
+    recipe: Recipe  # resolved
+    n_classes: int
+    initial_state: object  # ObjectRef of the starting weights (a state dict)
+    steps_per_epoch: int
+    gpu: bool  # the worker's GPU decodes, trains and scores
+    cache: bool  # keep decoded pixels after the first pass
+    cpus: int  # CPUs this worker reserved: its torch and decode threads
+    precision: str  # auto | fp32 | bf16
+    valid: list = field(default_factory=list)  # one Ray dataset of valid files per rank
+    only_lr_find: bool = False
 
-        self.bs = config["batch_size"]
-        self.steps_per_epoch = config["steps_per_epoch"]
-        self.feature_steps_per_epoch = config["steps_per_epoch"]
-        self._train_images = ray.train.get_dataset_shard("train_images")
-        self._train_features = ray.train.get_dataset_shard("train_features") if config["features"] else None
-        self._valid = config["valid_shards"][rank]
-        self._valid_features = config["valid_feature_shards"][rank] if config["features"] else None
-        # Shuffle within a window of rows; the blocks themselves arrive in varying order.
-        self.shuffle_rows = 8 * self.bs
 
-    def train_images(self):
-        from raycat.pipeline import collate_normalized
+@dataclass
+class WorkerResult:
+    """What the driver reads back from the final checkpoint."""
 
-        for b in self._train_images.iter_torch_batches(batch_size=self.bs, collate_fn=collate_normalized,
-                                                       local_shuffle_buffer_size=self.shuffle_rows):
-            yield b["image"], b["label"]
+    state: RecipeState
+    worker_nodes: list[str]
+    skipped: list[tuple[str, str]]
+    n_train: int  # readable images, all workers
+    n_valid: int
 
-    def train_features(self):
-        for b in self._train_features.iter_torch_batches(batch_size=self.bs,
-                                                         local_shuffle_buffer_size=self.shuffle_rows):
-            yield b["features"], b["label"]
 
-    def valid_images(self):
-        for b in self._valid.iter_batches(batch_size=self.bs, batch_format="numpy"):
-            yield b["image"], torch.as_tensor(b["label"])
+class NoImages(RuntimeError):
+    """A worker's share of the data held no readable image (found while streaming it: exit 1)."""
 
-    def valid_features(self):
-        for b in self._valid_features.iter_torch_batches(batch_size=self.bs):
-            yield b["features"], b["label"]
+
+class ShardData:
+    """This worker's data (core.data.RecipeData): its split of the streamed train files, its part of
+    the valid files, decoded here on `device`."""
+
+    def __init__(self, train_shard, valid_ds, size: int, batch_size: int, steps_per_epoch: int,
+                 device: torch.device, cache: bool, threads: int):
+        self.train_shard, self.valid_ds = train_shard, valid_ds
+        self.size, self.bs, self.steps_per_epoch, self.device, self.cache = size, batch_size, steps_per_epoch, \
+            device, cache
+        self.pool = ThreadPoolExecutor(max_workers=max(1, threads)) if device.type == "cpu" else None
+        self.skipped: set[tuple[str, str]] = set()
+        self.train_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.valid_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.n_train = self.n_valid = 0
+
+    def _decoded(self, batches) -> Iterator[Batch]:
+        """Decode streamed {path, label, data, error} batches; bad files are noted, never fatal."""
+        for b in batches:
+            ok = good_rows(b["error"])
+            self.skipped.update((str(p), str(e)) for p, e in zip(b["path"][~ok], b["error"][~ok], strict=True))
+            idx = np.flatnonzero(ok)
+            images, errors = decode_batch([b["data"][i] for i in idx], self.size, self.device, self.pool)
+            self.skipped.update((str(b["path"][i]), e) for i, e in zip(idx, errors, strict=True) if e)
+            keep = [i for i, e in zip(idx, errors, strict=True) if not e]
+            if keep:
+                yield images, to_device(torch.as_tensor(b["label"][keep], dtype=torch.long), self.device)
+
+    def _stream_train(self) -> Iterator[Batch]:
+        """One pass over this worker's split of the train files; counts the readable images and,
+        in memory cache mode, keeps them: the next passes come from memory."""
+        kept, n = [], 0
+        for x, y in self._decoded(self.train_shard.iter_batches(batch_size=self.bs, batch_format="numpy",
+                                                                prefetch_batches=2)):
+            n += len(x)
+            if self.cache:
+                kept.append((x, y))
+            yield x, y
+        self.n_train = n
+        if n == 0:
+            raise NoImages(f"no readable images in this worker's share of the train files ({len(self.skipped)} "
+                           "skipped so far; `raycat check DATA` lists them)")
+        if self.cache:
+            self.train_cache = (torch.cat([x for x, _ in kept]), torch.cat([y for _, y in kept]))
+
+    def train_batches(self, gen: torch.Generator) -> Iterator[Batch]:
+        if self.train_cache is not None:
+            x, y = self.train_cache
+            for idx in index_batches(len(x), self.bs, self.steps_per_epoch, gen):
+                yield to_device(x[idx], self.device), to_device(y[idx], self.device)
+            return
+        # The stream: every worker gets the same number of rows, so the same number of batches;
+        # a batch whose every file was bad is made up by repeating the last good one.
+        steps, last = 0, None
+        for x, y in self._stream_train():
+            if steps < self.steps_per_epoch:
+                steps, last = steps + 1, (x, y)
+                yield x, y
+        while last is not None and steps < self.steps_per_epoch:
+            steps += 1
+            yield last
+
+    def train_pass(self) -> Iterator[Batch]:
+        if self.train_cache is not None:
+            x, y = self.train_cache
+            for i in range(0, len(x), self.bs):
+                yield to_device(x[i:i + self.bs], self.device), to_device(y[i:i + self.bs], self.device)
+            return
+        yield from self._stream_train()
+
+    def valid_batches(self) -> Iterator[Batch]:
+        if self.valid_cache is not None:
+            x, y = self.valid_cache
+            for i in range(0, len(x), self.bs):
+                yield x[i:i + self.bs], y[i:i + self.bs]
+            return
+        kept, n = [], 0
+        for x, y in self._decoded(self.valid_ds.iter_batches(batch_size=self.bs, batch_format="numpy")):
+            n += len(x)
+            if self.cache:
+                kept.append((x, y))
+            yield x, y
+        self.n_valid = n
+        if self.cache:
+            empty = (torch.zeros(0, 3, self.size, self.size, dtype=torch.uint8, device=self.device),
+                     torch.zeros(0, dtype=torch.long, device=self.device))
+            self.valid_cache = (torch.cat([x for x, _ in kept]), torch.cat([y for _, y in kept])) if kept else empty
 
 
 def steps_per_epoch(n_train: int, workers: int, batch_size: int) -> int:
-    # Ray splits the train set equally: each worker gets n // workers rows.
+    # Ray splits the train files equally: each worker gets n // workers of them.
     return max(1, math.ceil((n_train // workers) / batch_size))
 
 
-def load_state(checkpoint) -> RecipeState | None:
+def load_result(checkpoint) -> WorkerResult | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
-        return RecipeState.from_dict(torch.load(os.path.join(d, STATE_FILE), weights_only=True))
+        state = RecipeState.from_dict(torch.load(os.path.join(d, STATE_FILE), weights_only=True))
+        with open(os.path.join(d, RUN_FILE)) as f:
+            info = json.load(f)
+    return WorkerResult(state=state, worker_nodes=info["worker_nodes"],
+                        skipped=[tuple(s) for s in info["skipped"]], n_train=info["n_train"], n_valid=info["n_valid"])
 
 
-def train_loop(config: dict) -> None:
+def _quiet_train_reports() -> None:
+    # Ray Train logs "Reporting training result N: TrainingReport(...)" at INFO for every report,
+    # under a logger named after its file; the epoch table says the same, once.
+    import logging
+
+    import ray.train.v2._internal.execution.context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
+def train_loop(plan: WorkerPlan) -> None:
     """train_loop_per_worker for TorchTrainer."""
     import ray
     import ray.train
     import ray.train.torch
 
-    cfg = build(TrainConfig, config["cfg"])
+    from raycat.core import recipe as core_recipe
+    from raycat.core.comm import LocalComm, TorchComm
+    from raycat.core.device import resolve_precision, use_cpu_threads
+    from raycat.core.model import create_model
+
+    _quiet_train_reports()
+    r = plan.recipe
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device() if cfg.gpu else torch.device("cpu")
-    if not cfg.gpu:
-        # Ray gives each worker OMP_NUM_THREADS=1 (its one logical CPU); on CPU nodes the workers of a
-        # node should share all its cores instead, or a lone worker leaves all but one idle.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())))
-    torch.manual_seed(cfg.seed + rank)
-    model = create_model(cfg.arch, config["n_classes"], "none")
-    model.load_state_dict(ray.get(config["initial_state"]))
+    device = ray.train.torch.get_device() if plan.gpu else torch.device("cpu")
+    use_cpu_threads(plan.cpus)
+    torch.manual_seed(r.seed + rank)
+    model = create_model(r.arch, plan.n_classes, stem=r.stem)
+    model.load_state_dict(ray.get(plan.initial_state))
     comm = TorchComm() if world > 1 else LocalComm()
-    data = RayShardData(config, rank)
-    log = print if rank == 0 else (lambda *_: None)
+    data = ShardData(ray.train.get_dataset_shard("train"), plan.valid[rank], r.size, r.batch_size,
+                     plan.steps_per_epoch, device, plan.cache, plan.cpus)
+    node = ray.get_runtime_context().get_node_id()
+    nodes = comm.gather_objects(node)
+    previous = load_result(ray.train.get_checkpoint())
 
     def checkpoint(state: RecipeState) -> None:
         last = state.history[-1] if state.history else {}
@@ -94,17 +210,26 @@ def train_loop(config: dict) -> None:
         # Schedulers compare this number: no epoch yet, or a diverged one, reads as very bad, not NaN.
         metrics = {"units_done": state.units_done, "stage": last.get("stage", "lr_find"),
                    "valid_loss": loss if math.isfinite(loss) else 1e9, "accuracy": last.get("accuracy", 0.0)}
+        found = comm.gather_objects((sorted(data.skipped), data.n_train, data.n_valid))
         if rank != 0:
             ray.train.report(metrics)
             return
+        # A resumed run may not pass over the data again (nothing left to train): what the run
+        # found before is carried over.
+        info = {"worker_nodes": nodes,
+                "skipped": sorted({tuple(s) for f in found for s in f[0]} | set(previous.skipped if previous else [])),
+                "n_train": sum(f[1] for f in found) or (previous.n_train if previous else 0),
+                "n_valid": sum(f[2] for f in found) or (previous.n_valid if previous else 0)}
         tmp = tempfile.mkdtemp(prefix="raycat-ckpt-")
         try:
             torch.save(state.to_dict(), os.path.join(tmp, STATE_FILE))
+            with open(os.path.join(tmp, RUN_FILE), "w") as f:
+                json.dump(info, f)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    state = load_state(ray.train.get_checkpoint()) or RecipeState()
-    node = ray.get_runtime_context().get_node_id()
-    state.worker_nodes = [node] if world == 1 else comm.gather_objects(node)
-    Recipe(cfg, model, data, comm, device, checkpoint, log).run(state, only_lr_find=config["only_lr_find"])
+    state = previous.state if previous else RecipeState()
+    log = print if rank == 0 else (lambda *_: None)
+    core_recipe.run(r, model, data, comm, device, state, checkpoint, log, plan.only_lr_find,
+                    resolve_precision(r.precision, device))

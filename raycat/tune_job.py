@@ -14,41 +14,32 @@ import json
 import math
 
 from raycat import outputs, plots, storage
-from raycat.config import TrainConfig, TuneConfig, build, to_dict
+from raycat.config import Recipe, TuneConfig, to_dict
+from raycat.core.recipe import plan
 from raycat.layout import scan_layout
-from raycat.model import create_model
-from raycat.recipe import plan
-from raycat.search_space import load_space, n_trials, recipe_keys, to_tune
+from raycat.search_space import load_space, n_trials, to_tune
 
 TRIAL_COLUMNS_TAIL = ["valid_loss", "accuracy", "units_done", "status"]
+TRIAL_DRIVER_MEMORY = 512 << 20  # bytes: a trial's own process, besides its Train workers
 
 
-def _base_values(cfg: TuneConfig) -> dict:
-    """The TrainConfig fields every trial shares (the sampled ones override them)."""
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {k: v for k, v in to_dict(cfg).items() if k in train_fields}
+def trial_recipe(config: dict) -> Recipe:
+    """A trial's recipe: the sweep's own, with the sampled settings in place."""
+    return Recipe(**{**config["_recipe"], **{k: v for k, v in config.items() if not k.startswith("_")}})
 
 
 def trial_fn(config: dict) -> None:
     """One trial: `raycat train` with this trial's settings, reporting every unit to Tune."""
-    import ray.train
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raycat.train_job import fit_recipe, write_train_outputs
+    from raycat.train_job import fit, write_train_outputs
 
     trial_id = ray.tune.get_context().get_trial_id()
-    values = {**config["_base"], **{k: v for k, v in config.items() if not k.startswith("_")}}
-    values["out"] = storage.join(config["_base"]["out"], "trials", trial_id)
-    cfg = build(TrainConfig, values)
-    ckpt = storage.join(cfg.out, "checkpoints")
-    fs, path = storage.filesystem(ckpt)
-    run_config = ray.train.RunConfig(
-        name="train", storage_path=path, storage_filesystem=fs if storage.is_s3(ckpt) else None,
-        callbacks=[TuneReportCallback()], logging_config=ray.train.LoggingConfig(log_level="WARNING"))
-    r = fit_recipe(cfg, run_config=run_config)
-    write_train_outputs(cfg, r["state"], r["classes"], r["skipped"], {"n_train": r["n_train"], "n_valid": r["n_valid"],
-                                                                       "trial_id": trial_id})
+    sweep: TuneConfig = config["_sweep"]
+    cfg = sweep.trial(trial_recipe(config), storage.join(sweep.out, "trials", trial_id))
+    fitted = fit(cfg, callbacks=[TuneReportCallback()], resumable=False)
+    write_train_outputs(cfg, fitted, {"trial_id": trial_id})
 
 
 def _keep_credentials_out_of_runtime_envs() -> None:
@@ -62,35 +53,34 @@ def _keep_credentials_out_of_runtime_envs() -> None:
     class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - secret
 
 
-def max_concurrent(cfg: TuneConfig, cluster_cpus: float, cluster_gpus: float) -> int:
-    """Trials at once: what the cluster can hold (each trial: its Train workers plus one CPU for its
-    data tasks), capped by --max-concurrent when that is smaller."""
-    per_trial_cpu = cfg.workers + 1
-    fit = int(cluster_cpus // per_trial_cpu)
-    if cfg.gpu:
-        fit = min(fit, int(cluster_gpus // cfg.workers))
+def max_concurrent(cfg: TuneConfig, per_trial_cpus: int, cluster_cpus: float, cluster_gpus: float) -> int:
+    """Trials at once: what the cluster can hold (each trial: its Train workers' CPUs; the trial's
+    own driver and its read tasks reserve none), capped by --max-concurrent when that is smaller."""
+    res = cfg.resources
+    fit = int(cluster_cpus // max(1, per_trial_cpus * res.workers))
+    if res.gpu:
+        fit = min(fit, int(cluster_gpus // res.workers))
     fit = max(1, fit)
     if cfg.max_concurrent and cfg.max_concurrent > fit:
         print(f"raycat tune: --max-concurrent {cfg.max_concurrent} is more than the cluster holds; using {fit}")
     return min(fit, cfg.max_concurrent) if cfg.max_concurrent else fit
 
 
-def trial_status(result, cfg_values: dict) -> str:
+def trial_status(result, recipe: Recipe) -> str:
     if result.error is not None:
         return "error"
-    total = len(plan(build(TrainConfig, cfg_values)))
     done = (result.metrics or {}).get("units_done", 0)
-    return "completed" if done >= total else "early_stopped"
+    return "completed" if done >= len(plan(recipe)) else "early_stopped"
 
 
 def run_tune(cfg: TuneConfig) -> int:
     layout = scan_layout(cfg.data)  # layout errors: exit 2 before any cluster time
     space = load_space(cfg.space)
     outputs.check_writable(cfg.out)
-    base = _base_values(cfg)
-    build(TrainConfig, base)  # the shared settings must make a valid train config
+    from raycat.core.model import create_model
+
     # Every trial keeps its model and two checkpoints; the best model is copied once more.
-    weights = outputs.model_bytes(create_model(cfg.arch, len(layout.classes), "none").state_dict())
+    weights = outputs.model_bytes(create_model(cfg.recipe.arch, len(layout.classes)).state_dict())
     outputs.check_space(cfg.out, (4 * n_trials(space, cfg.samples) + 1) * weights + 16 * outputs.MB,
                         "the trials' models and checkpoints")
 
@@ -100,16 +90,23 @@ def run_tune(cfg: TuneConfig) -> int:
 
     from raycat import ray_session
 
-    ray_session.connect(cfg.address)
+    ray_session.connect(cfg.resources.address)
     _keep_credentials_out_of_runtime_envs()
     res = ray.cluster_resources()
-    concurrent = max_concurrent(cfg, res.get("CPU", 1), res.get("GPU", 0))
-    param_space = {**to_tune(space), "_base": base}
+    cpus = ray_session.worker_cpus(cfg.resources.cpus_per_worker, cfg.resources.workers, cfg.resources.gpu,
+                                   ray_session.node_cpus())
+    concurrent = max_concurrent(cfg, cpus, res.get("CPU", 1), res.get("GPU", 0))
+    if cfg.resources.cpus_per_worker == 0 and concurrent > 1:
+        # Share the cluster between the trials that run at once, rather than one trial holding it all.
+        cpus = max(1, int(res.get("CPU", 1)) // (concurrent * cfg.resources.workers))
+    sweep = dataclasses.replace(cfg, resources=dataclasses.replace(cfg.resources, cpus_per_worker=cpus))
+    param_space = {**to_tune(space), "_recipe": to_dict(cfg.recipe), "_sweep": sweep}
     # grace_period 2: the first cut comes after a real epoch (unit 1 is lr_find, which has no valid loss).
     scheduler = ASHAScheduler(metric="valid_loss", mode="min", time_attr="training_iteration", grace_period=2,
                               max_t=200, reduction_factor=2)
-    # The trial function itself only drives its TorchTrainer and data tasks: one CPU, counted in max_concurrent.
-    trainable = tune.with_resources(trial_fn, {"cpu": 1})
+    # The trial function only drives its TorchTrainer: its Train workers hold the CPUs. What it
+    # does hold is a process's heap (torch and Ray imported, the trial's bookkeeping).
+    trainable = tune.with_resources(trial_fn, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
     tune_uri = storage.join(cfg.out, "tune")
     fs, path = storage.filesystem(cfg.out)
     if storage.exists(storage.join(tune_uri, "tuner.pkl")):
@@ -136,23 +133,24 @@ def write_tune_outputs(cfg: TuneConfig, grid, space: dict) -> int:
     rows = []
     for result in grid:
         config = result.config or {}
-        values = {**config.get("_base", {}), **{k: v for k, v in config.items() if not k.startswith("_")}}
+        recipe = trial_recipe({"_recipe": to_dict(cfg.recipe), **config})
+        values = to_dict(recipe)
         trial_id = result.path.rstrip("/").split("/")[-1] if result.path else "?"
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id", trial_id)
         final_uri = storage.join(cfg.out, "trials", trial_id, "metrics.json")
         row = {k: values.get(k) for k in keys}
         row.update(trial_id=trial_id, valid_loss=metrics.get("valid_loss"), accuracy=metrics.get("accuracy"),
-                   units_done=metrics.get("units_done", 0), status=trial_status(result, values))
+                   units_done=metrics.get("units_done", 0), status=trial_status(result, recipe))
         if row["status"] != "error" and storage.exists(final_uri):
             # The trial wrote its final outputs: it completed, whatever Tune last heard from it (a
             # report can be lost when the sweep's driver dies).
             final = json.loads(storage.read_text(final_uri))
             row.update(valid_loss=final["valid_loss"], accuracy=final["valid_accuracy"], status="completed",
-                       units_done=len(plan(build(TrainConfig, values))))
+                       units_done=len(plan(recipe)))
         if isinstance(row["valid_loss"], float) and not math.isfinite(row["valid_loss"]):
             row["valid_loss"] = None
-        row["_values"] = values
+        row["_recipe"] = values
         rows.append(row)
     rows.sort(key=lambda r: r["trial_id"])
     columns = ["trial_id", *keys, *TRIAL_COLUMNS_TAIL]
@@ -162,14 +160,11 @@ def write_tune_outputs(cfg: TuneConfig, grid, space: dict) -> int:
     if not done:
         raise RuntimeError(f"no trial completed ({len(rows)} ran; see {storage.join(cfg.out, 'trials.csv')})")
     best = min(done, key=lambda r: r["valid_loss"])
-    recipe = {k: best["_values"][k] for k in recipe_keys() if k in best["_values"]}
-    outputs.write_json(storage.join(cfg.out, "best_recipe.json"), recipe)
+    outputs.write_json(storage.join(cfg.out, "best_recipe.json"), best["_recipe"])
     src = storage.join(cfg.out, "trials", best["trial_id"], "model")
-    local = storage.local_copy(src)
-    storage.publish_tree(local, storage.join(cfg.out, "model"))
+    storage.publish_tree(storage.local_copy(src), storage.join(cfg.out, "model"))
     n_stopped = sum(r["status"] == "early_stopped" for r in rows)
     print(f"raycat tune: {len(rows)} trials ({n_stopped} stopped early by ASHA); best {best['trial_id']} with valid "
           f"loss {best['valid_loss']:.4f}, accuracy {best['accuracy']:.4f}; recipe in "
           f"{storage.join(cfg.out, 'best_recipe.json')} (use with raycat train --config)")
     return 0
-

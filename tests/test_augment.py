@@ -4,20 +4,31 @@ import numpy as np
 import pytest
 import torch
 
-from raycat.augment import (
+from raycat.core.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     AugmentSpec,
     affine_matrices,
-    augment_batch,
-    eval_batch,
+    augment,
+    hflip_view,
+    normalize,
     random_matrices,
     warp,
 )
 
 
 def _images(n=2, size=16, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    """uint8 (N, 3, H, W), as decode_batch gives them."""
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, 3, size, size), dtype=np.uint8))
+
+
+def _reference(images, m, b, c):
+    """The slow, obvious composition the fused `augment` must equal: warp in [0, 1], lighting,
+    clamp, normalise."""
+    x = warp(images.float() / 255, m)
+    x = ((x - 0.5) * (1 + c.view(-1, 1, 1, 1)) + 0.5 + b.view(-1, 1, 1, 1)).clamp(0, 1)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def _one(flip_x=False, flip_y=False, turns=0, angle=0.0, zoom=1.0, shift=(0.0, 0.0)):
@@ -81,36 +92,61 @@ def test_zoom_magnifies_the_centre():
 
 def test_output_shape_dtype_and_normalisation():
     imgs = _images(3, 24)
-    out = augment_batch(imgs, AugmentSpec("side_on"), torch.Generator().manual_seed(0))
+    out = augment(imgs, AugmentSpec("side_on"), torch.Generator().manual_seed(0))
     assert out.shape == (3, 3, 24, 24) and out.dtype == torch.float32
-    plain = eval_batch(imgs)
-    ref = (torch.tensor(imgs).permute(0, 3, 1, 2).float() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) \
-        / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    assert torch.allclose(plain, ref, atol=1e-6)
-    assert torch.allclose(augment_batch(imgs, AugmentSpec("none"), torch.Generator()), ref, atol=1e-6)
+    ref = (imgs.float() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        1, 3, 1, 1)
+    assert torch.allclose(normalize(imgs), ref, atol=1e-5)
+    assert torch.allclose(augment(imgs, AugmentSpec("none"), torch.Generator()), ref, atol=1e-5)
+    assert torch.allclose(hflip_view(imgs), ref.flip(-1), atol=1e-5)
+
+
+def test_the_fused_augmentation_equals_warp_then_lighting_then_normalise():
+    imgs = _images(6, 20, seed=3)
+    spec = AugmentSpec("side_on", max_zoom=1.3, max_lighting=0.3)  # large lighting: the clamp bites
+    gen = torch.Generator().manual_seed(11)
+    out = augment(imgs, spec, gen)
+    gen.manual_seed(11)  # the same draws, in the same order: matrices, then brightness, then contrast
+    m = random_matrices(6, spec, gen, 20)
+    b = (torch.rand(6, generator=gen) * 2 - 1) * spec.max_lighting
+    c = (torch.rand(6, generator=gen) * 2 - 1) * spec.max_lighting
+    assert torch.allclose(out, _reference(imgs, m, b, c), atol=1e-4)
+
+
+def test_flip_shift_moves_whole_pixels_without_blur():
+    imgs = _images(64, 16, seed=2)
+    spec = AugmentSpec("flip_shift", max_shift=2)
+    out = augment(imgs, spec, torch.Generator().manual_seed(0))
+    plain = normalize(imgs)
+    seen = set()
+    for i in range(64):
+        inner = out[i, :, 3:-3, 3:-3]  # away from the reflected border
+        hits = [(f, dy, dx) for f in (False, True) for dy in range(-2, 3) for dx in range(-2, 3)
+                if torch.allclose(inner, (plain[i].flip(-1) if f else plain[i])[:, 3 + dy:13 + dy, 3 + dx:13 + dx],
+                                  atol=1e-4)]
+        assert hits, "every view is the image, maybe mirrored, moved by whole pixels"
+        seen.add(hits[0])
+    assert len(seen) > 10 and any(f for f, _, _ in seen) and any(not f for f, _, _ in seen)
 
 
 def test_fresh_draws_differ_and_fixed_seeds_repeat():
     imgs = _images(4, 16)
     spec = AugmentSpec("side_on", max_zoom=1.3)
-    a = augment_batch(imgs, spec, torch.Generator().manual_seed(5))
-    b = augment_batch(imgs, spec, torch.Generator().manual_seed(5))
-    c = augment_batch(imgs, spec, torch.Generator().manual_seed(6))
+    a = augment(imgs, spec, torch.Generator().manual_seed(5))
+    b = augment(imgs, spec, torch.Generator().manual_seed(5))
+    c = augment(imgs, spec, torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
 def test_lighting_stays_within_five_percent():
-    flat = np.full((64, 8, 8, 3), 128, np.uint8)
+    flat = torch.full((64, 3, 8, 8), 128, dtype=torch.uint8)
     spec = AugmentSpec("side_on", max_zoom=1.0, max_rotate=0.0)
-    out = augment_batch(flat, spec, torch.Generator().manual_seed(0))
+    out = augment(flat, spec, torch.Generator().manual_seed(0))
     raw = out * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     dev = (raw - 128 / 255).abs().max().item()
     assert 0.005 < dev <= 0.05 * 1.05 + 0.5 * 0.05 + 1e-4
 
 
-def test_bad_preset_and_zoom_name_the_flag():
-    with pytest.raises(ValueError, match="--aug"):
-        AugmentSpec("sideways")
-    with pytest.raises(ValueError, match="--max-zoom"):
-        AugmentSpec("side_on", max_zoom=0.5)
-    assert math.isclose(AugmentSpec().max_zoom, 1.1)
+def test_the_spec_defaults_are_fastai_s():
+    spec = AugmentSpec()
+    assert spec.preset == "side_on" and math.isclose(spec.max_zoom, 1.1) and spec.max_rotate == 10.0

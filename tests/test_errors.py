@@ -28,3 +28,8 @@ def test_raycat_errors_are_shown_as_raised_not_their_causes():
         err = e
     assert describe_failure(wrapped(err)) == \
         "StorageError: write s3://b/out/metrics.json: curlCode: 7, could not connect"
+
+
+def test_a_raycat_error_keeps_its_first_line_when_ray_appends_advice():
+    err = StorageError("write s3://b/o/part-1.parquet: NETWORK_CONNECTION\nTo change retry attempts, configure ...")
+    assert describe_failure(wrapped(err)) == "StorageError: write s3://b/o/part-1.parquet: NETWORK_CONNECTION"

@@ -68,11 +68,11 @@ def test_symlink_loop_does_not_hang(tmp_path):
 def test_a_relative_root_reads_like_an_absolute_one(tmp_path, monkeypatch):
     """The demo's default OUT is relative (raycat-demo/): its dataset must scan, and predict must
     label its images (a relative root once left every class folder looking empty)."""
-    from raycat.predict_job import label_images
+    from test_listing import listed
 
     make(tmp_path / "d", ["train/cat/1.jpg", "train/dog/1.jpg", "valid/cat/1.jpg", "valid/dog/1.jpg"])
     monkeypatch.chdir(tmp_path)
     lay = scan_layout("d")
     assert lay.classes == ["cat", "dog"] and lay.train.labels == [0, 1]
-    assert label_images("d/valid", ["cat", "dog"])[1] == [0, 1]
-    assert label_images("./d/valid/", ["cat", "dog"])[1] == [0, 1]
+    assert [y for _, y in listed("d/valid", ["cat", "dog"])] == [0, 1]
+    assert [y for _, y in listed("./d/valid/", ["cat", "dog"])] == [0, 1]

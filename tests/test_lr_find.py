@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raycat import lr_find
-from raycat.schedules import lr_find_lr
+from raycat.core import lr_find
+from raycat.core.schedules import lr_find_lr
 
 
 def synthetic_curve(n=100, valley_at=1e-2):
@@ -58,28 +58,35 @@ def test_sweep_steps():
     assert lr_find.sweep_steps(5, cheap=True) == 100
 
 
-def test_recipe_lr_find_restores_weights_and_bn_bit_for_bit():
-    from raycat.augment import AugmentSpec
-    from raycat.config import TrainConfig
-    from raycat.distributed import LocalComm
-    from raycat.memory_data import InMemoryData
-    from raycat.model import create_model, unfreeze
-    from raycat.recipe import Recipe
+def test_a_sweep_restores_weights_and_bn_bit_for_bit():
+    from raycat.core.augment import AugmentSpec
+    from raycat.core.comm import LocalComm
+    from raycat.core.data import TensorData
+    from raycat.core.loop import UNFROZEN, Loop, Optim
+    from raycat.core.model import create_model
 
     torch.manual_seed(0)
-    model = create_model("resnet18", 3, "none")
+    model = create_model("resnet18", 3)
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
-    y = rng.integers(0, 3, 24)
-    cfg = TrainConfig(data="d", out="o", arch="resnet18", weights="none", size=32, batch_size=8)
-    data = InMemoryData(x, y, x[:8], y[:8], model, AugmentSpec("side_on"), 8)
-    unfreeze(model)
+    x = torch.from_numpy(rng.integers(0, 256, (24, 3, 32, 32), dtype=np.uint8))
+    y = torch.from_numpy(rng.integers(0, 3, 24))
+    data = TensorData(x, y, x[:8], y[:8], 8)
+    loop = Loop(model, data, LocalComm(), torch.device("cpu"), "fp32", AugmentSpec("side_on"), Optim(), 8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    found = Recipe(cfg, model, data, LocalComm(), torch.device("cpu"), log=lambda s: None).lr_find("t", False)
-    assert len(found["lr"]) > 5
+    found = loop.sweep(UNFROZEN, lambda lr: [lr] * 3, "minimum")
+    assert len(found["lr"]) > 5 and found["lr"] == sorted(found["lr"])
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # includes BN running stats
     assert F.mse_loss(before["head.6.weight"], after["head.6.weight"]) == 0
+
+
+def test_every_rule_is_offered_and_the_default_is_a_tenth_of_the_minimum():
+    from raycat.config import LR_SUGGESTIONS
+
+    assert set(lr_find.SUGGESTIONS) == set(LR_SUGGESTIONS)
+    lrs, loss = synthetic_curve(valley_at=1e-2)
+    assert lr_find.suggestion(lrs, loss, "valley") == lr_find.suggest_valley(lrs, loss)
+    assert lr_find.suggestion(lrs, loss, "steepest") == lr_find.suggest_steepest(lrs, loss)
 
 
 def test_recipe_suggestion_is_a_tenth_of_the_minimum():
@@ -89,3 +96,11 @@ def test_recipe_suggestion_is_a_tenth_of_the_minimum():
     with pytest.raises(ValueError, match="NaN"):
         lr_find.suggest_minimum([1e-3, 1e-2], [float("nan"), float("inf")])
     assert lr_find.suggestion([1e-7, 1e-6], [float("nan"), float("nan")]) == 1e-7  # a diverged model: no crash
+
+
+def test_the_first_points_of_a_sweep_never_set_the_rate():
+    # One lucky first batch: the EMA's first value is the curve's lowest. It must not be the pick.
+    lrs, loss = synthetic_curve(valley_at=1e-2)
+    loss = [0.1] + loss[1:]
+    assert lr_find.suggestion(lrs, lr_find.ema_smooth(loss)) > 1e-4
+    assert lr_find.suggestion(lrs, lr_find.ema_smooth(loss), "steepest") > lrs[lr_find.SKIP_START - 1]

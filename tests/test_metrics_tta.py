@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from raycat import metrics
-from raycat.augment import AugmentSpec
-from raycat.tta import blend, tta_probs
+from raycat.core import metrics
+from raycat.core.augment import AugmentSpec, normalize
+from raycat.core.evaluate import evaluate, view_probs
+from raycat.core.tta import blend, tta_views
 
 
 def test_confusion_matrix_and_derived_metrics_by_hand():
@@ -30,7 +31,7 @@ def test_precision_undefined_for_a_never_predicted_class():
     assert prec[1] is None and rec[1] == 0.0
 
 
-def test_tta_calls_the_model_n_plus_one_times_and_blends():
+def test_tta_calls_the_model_once_per_view_and_blends():
     calls = []
 
     def predict(x):
@@ -38,20 +39,44 @@ def test_tta_calls_the_model_n_plus_one_times_and_blends():
         return torch.full((x.shape[0], 2), 0.0) if len(calls) == 1 else torch.tensor([[0.0, 10.0]]).repeat(
             x.shape[0], 1)
 
-    imgs = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
-    p = tta_probs(predict, imgs, AugmentSpec("side_on", max_zoom=1.2), n_views=4, beta=0.25)
+    imgs = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 3, 16, 16), dtype=np.uint8))
+    views = tta_views(AugmentSpec("side_on", max_zoom=1.2), 4, torch.Generator().manual_seed(0))
+    p = view_probs(predict, imgs, views, beta=0.25)
     assert len(calls) == 5
-    assert not torch.equal(calls[1], calls[2])  # each view is a fresh augmentation
+    assert torch.allclose(calls[0], normalize(imgs))  # the plain view comes first
+    assert not torch.equal(calls[1], calls[2])  # each augmented view is a fresh draw
     plain, aug = torch.tensor([0.5, 0.5]), torch.softmax(torch.tensor([0.0, 10.0]), 0)
     assert torch.allclose(p[0], 0.75 * plain + 0.25 * aug)
     assert torch.allclose(p.sum(1), torch.ones(3))
 
 
-def test_tta_zero_is_plain_inference():
+def test_no_augmented_views_is_plain_inference_over_every_batch():
     calls = []
-    imgs = np.zeros((2, 8, 8, 3), np.uint8)
-    p = tta_probs(lambda x: calls.append(1) or torch.tensor([[1.0, 0.0]]).repeat(2, 1), imgs, AugmentSpec(), 0)
-    assert len(calls) == 1 and torch.allclose(p, torch.softmax(torch.tensor([[1.0, 0.0]]), 1).repeat(2, 1))
+    batches = [(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1])),
+               (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.tensor([1]))]
+    forward = lambda x: calls.append(1) or torch.tensor([[1.0, 0.0]]).repeat(len(x), 1)
+    p, y = evaluate(forward, batches, tta_views(AugmentSpec(), 0, torch.Generator()), n_classes=2)
+    assert len(calls) == 2 and y.tolist() == [0, 1, 1]
+    assert torch.allclose(p, torch.softmax(torch.tensor([[1.0, 0.0]]), 1).repeat(3, 1))
+    empty_p, empty_y = evaluate(forward, [], tta_views(AugmentSpec(), 0, torch.Generator()), n_classes=2)
+    assert empty_p.shape == (0, 2) and empty_y.shape == (0,)
+
+
+def test_top_losses_are_the_most_confidently_wrong_and_skip_unknown_labels():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.01, 0.99], [0.5, 0.5]])
+    labels = torch.tensor([0, 0, 0, -1, 1])
+    top = metrics.top_losses(probs, labels, 2)
+    assert [i for i, _ in top] == [1, 4]  # -log 0.2 > -log 0.5; row 3 has no label
+    assert top[0][1] == pytest.approx(-np.log(0.2), rel=1e-5)
+    low = metrics.least_confident(probs, 2)
+    assert [i for i, _ in low] == [4, 2] and low[0][1] == pytest.approx(0.5)
+
+
+def test_keep_top_merges_candidates_in_bounded_memory():
+    a = [(0.9, "a"), (0.1, "b")]
+    b = [(0.5, "c"), (0.95, "d"), (0.2, "e")]
+    assert metrics.keep_top(a + b, 3, key=lambda r: r[0]) == [(0.95, "d"), (0.9, "a"), (0.5, "c")]
+    assert metrics.keep_top(a + b, 2, key=lambda r: r[0], largest=False) == [(0.1, "b"), (0.2, "e")]
 
 
 def test_blend_beta_extremes():

@@ -3,11 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raycat.config import ARCHS
-from raycat.model import (
+from raycat.config import ARCHS, STEMS
+from raycat.core.model import (
     WeightsError,
     create_model,
-    differential_lrs,
     freeze,
     group_parameters,
     layer_groups,
@@ -16,19 +15,37 @@ from raycat.model import (
     set_train_mode,
     unfreeze,
 )
+from raycat.core.schedules import differential_lrs
+from raycat.model_card import ModelError, starting_model
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_groups_cover_every_parameter_exactly_once(arch):
-    model = create_model(arch, 5, "none")
+    model = create_model(arch, 5)
     ids = [id(p) for ps in group_parameters(model) for p in ps]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     assert len(layer_groups(model)) == 3
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
 
 
+@pytest.mark.parametrize("stem,side", [("imagenet", 1), ("small", 4), ("small_pool", 2)])
+def test_the_small_stems_keep_more_of_a_small_image(stem, side):
+    model = create_model("resnet18", 3, stem=stem)
+    # 32 px in: ImageNet's stem divides by 4 before layer1, then 3 strided stages: 1x1 at the end.
+    assert model.eval().body(torch.zeros(1, 3, 32, 32)).shape[-1] == side
+    assert set(STEMS) == {"imagenet", "small", "small_pool"}
+
+
+def test_imagenet_weights_load_into_a_small_stem_but_for_the_stem(tmp_path):
+    src = create_model("resnet18", 5)
+    dst = create_model("resnet18", 3, stem="small")
+    load_weights(dst, src.state_dict(), "src")
+    assert torch.equal(dst.body.layer1[0].conv1.weight, src.body.layer1[0].conv1.weight)
+    assert dst.body.conv1.weight.shape == (64, 3, 3, 3)
+
+
 def test_head_is_fastai_s():
-    head = create_model("resnet18", 4, "none").head
+    head = create_model("resnet18", 4).head
     kinds = [type(m).__name__ for m in head]
     assert kinds == ["BatchNorm1d", "Dropout", "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear"]
     assert head[0].num_features == 1024  # concat of avg and max pooling of 512 channels
@@ -36,7 +53,7 @@ def test_head_is_fastai_s():
 
 def test_frozen_weights_and_bn_statistics_do_not_move():
     torch.manual_seed(0)
-    model = create_model("resnet18", 3, "none")
+    model = create_model("resnet18", 3)
     freeze(model)
     frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("body.")}
     head_before = model.head[2].weight.clone()
@@ -52,7 +69,7 @@ def test_frozen_weights_and_bn_statistics_do_not_move():
 
 def test_unfreeze_trains_everything_and_bn_stats_move():
     torch.manual_seed(0)
-    model = create_model("resnet18", 3, "none")
+    model = create_model("resnet18", 3)
     unfreeze(model)
     rm = model.body.bn1.running_mean.clone()
     set_train_mode(model)
@@ -62,7 +79,7 @@ def test_unfreeze_trains_everything_and_bn_stats_move():
 
 
 def test_optimizer_groups_carry_differential_rates():
-    model = create_model("resnet18", 3, "none")
+    model = create_model("resnet18", 3)
     lrs = differential_lrs(0.01, 3.0)
     assert lrs == pytest.approx([0.01 / 9, 0.01 / 3, 0.01])
     opt = make_optimizer(model, lrs)
@@ -71,11 +88,10 @@ def test_optimizer_groups_carry_differential_rates():
 
 
 def test_weights_from_a_raycat_model_replace_a_head_of_another_size(tmp_path):
-    src = create_model("resnet18", 5, "none")
+    src = create_model("resnet18", 5)
     (tmp_path / "model").mkdir()
     torch.save(src.state_dict(), tmp_path / "model" / "weights.pt")
-    dst = create_model("resnet18", 3, "none")
-    load_weights(dst, str(tmp_path))
+    dst = starting_model("resnet18", str(tmp_path), "imagenet", 3)
     assert torch.equal(dst.body.conv1.weight, src.body.conv1.weight)
     assert dst.head[-1].out_features == 3
 
@@ -85,16 +101,16 @@ def test_weights_from_a_torchvision_state_dict(tmp_path):
 
     tv = torchvision.models.resnet18(num_classes=10)
     torch.save(tv.state_dict(), tmp_path / "tv.pt")
-    model = create_model("resnet18", 3, str(tmp_path / "tv.pt"))
+    model = starting_model("resnet18", str(tmp_path / "tv.pt"), "imagenet", 3)
     assert torch.equal(model.body.layer4[1].conv2.weight, tv.layer4[1].conv2.weight)
 
 
 def test_bad_weights_are_clear_errors(tmp_path):
-    with pytest.raises(WeightsError, match="no such file"):
-        create_model("resnet18", 3, str(tmp_path / "missing.pt"))
-    torch.save(create_model("resnet34", 3, "none").state_dict(), tmp_path / "r34.pt")
+    with pytest.raises(ModelError, match="no such file"):
+        starting_model("resnet18", str(tmp_path / "missing.pt"), "imagenet", 3)
+    torch.save(create_model("resnet34", 3).state_dict(), tmp_path / "r34.pt")
     with pytest.raises(WeightsError, match="does not fit the --arch body"):
-        create_model("resnet18", 3, str(tmp_path / "r34.pt"))
+        starting_model("resnet18", str(tmp_path / "r34.pt"), "imagenet", 3)
 
 
 def test_a_pickle_carrying_code_is_refused_and_never_runs(tmp_path):
@@ -106,23 +122,29 @@ def test_a_pickle_carrying_code_is_refused_and_never_runs(tmp_path):
             return (os.system, (f"touch {marker}",))
 
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(WeightsError, match="not a loadable state dict"):
-        create_model("resnet18", 3, str(tmp_path / "evil.pt"))
+    with pytest.raises(ModelError, match="not a loadable state dict"):
+        starting_model("resnet18", str(tmp_path / "evil.pt"), "imagenet", 3)
     assert not marker.exists()
 
 
 def test_imagenet_download_failure_suggests_alternatives(monkeypatch):
-    import torch.hub
+    # torchvision fetches weights through the name it imported into models._api: patch that one,
+    # and check the patch is what ran (on a machine online, an unpatched download would succeed).
+    import torchvision.models._api as tv_api
+
+    calls = []
 
     def offline(*a, **k):
+        calls.append(a)
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
     with pytest.raises(WeightsError, match="--weights none"):
-        create_model("resnet18", 3, "imagenet")
+        create_model("resnet18", 3, pretrained=True)
+    assert len(calls) == 1
 
 
 def test_features_are_what_the_head_consumes():
-    model = create_model("resnet18", 3, "none").eval()
+    model = create_model("resnet18", 3).eval()
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32))
     assert torch.allclose(model.head(model.features(x)), model(x))

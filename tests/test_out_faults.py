@@ -6,19 +6,18 @@ import os
 import subprocess
 
 import pytest
+from results import write_random_model as write_model
 
-from raycat import outputs, storage
+from raycat import storage
 from raycat.cli import main
 from raycat.datasets import make_shapes_dataset
-from raycat.model import create_model
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs")
     data = make_shapes_dataset(str(root / "data"), classes=("circle", "square"), n_train=2, n_valid=1, seed=0)
-    outputs.write_model(str(root / "m"), create_model("resnet18", 2, "none").state_dict(), "resnet18",
-                        ["circle", "square"], 32)
+    write_model(str(root / "m"), ["circle", "square"], 32)
     return {"data": data, "model": str(root / "m"), "images": os.path.join(data, "valid")}
 
 

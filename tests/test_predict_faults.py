@@ -15,14 +15,13 @@ import time
 import boto3
 import pyarrow.dataset as pads
 import pytest
-import torch
 from images import awkward_good_files, bad_files, encode
 from PIL import Image
+from results import write_random_model as write_model
 from test_reliability import cmdline, descendants, png_header_only
 
-from raycat import outputs, storage
+from raycat import storage
 from raycat.cli import main
-from raycat.model import create_model
 
 
 def predictions(uri):
@@ -57,8 +56,8 @@ def s3_keys(proxy, bucket, prefix):
 def test_predict_rides_out_a_store_outage_during_its_writes(trained_run, s3_outage, bucket, tmp_path):
     n = copies_of_valid(trained_run, str(tmp_path / "images"), 2)
     out = f"s3://{bucket}/outage/blink"
-    # The store goes away for 4 s at the first Parquet write of the scoring tasks.
-    s3_outage.down_at(f"/{bucket}/outage/blink/scored.staging-".encode(), seconds=4)
+    # The store goes away for 4 s at the first Parquet part a scoring actor writes.
+    s3_outage.down_at(f"/{bucket}/outage/blink/.raycat-predict/parts/".encode(), seconds=4)
     refused = s3_outage.refused
     assert main(["predict", trained_run["out"], str(tmp_path / "images"), "--out", out, "--tta", "0"]) == 0
     assert s3_outage.refused > refused  # the job really met the outage
@@ -73,15 +72,17 @@ def test_predict_fails_cleanly_when_the_store_stays_down(trained_run, s3_outage,
     monkeypatch.setattr(storage, "RETRY_DELAYS_S", (0.2, 0.4))  # the same retries, a shorter wait
     copies_of_valid(trained_run, str(tmp_path / "images"), 1)
     out = f"s3://{bucket}/outage/down"
-    # The store dies at the driver's first write of the staged predictions, and stays down.
-    s3_outage.down_at(f"/{bucket}/outage/down/predictions.staging-".encode())
+    # The store dies at the first Parquet part a scoring actor writes, and stays down.
+    s3_outage.down_at(f"/{bucket}/outage/down/.raycat-predict/parts/".encode())
     assert main(["predict", trained_run["out"], str(tmp_path / "images"), "--out", out, "--tta", "0"]) == 1
     err = capsys.readouterr().err
-    # named: the step and the URI (the write, or the clean-up before its retry)
-    assert re.search(rf"StorageError: \w+ {out}/predictions\.staging-\w+", err) and "Traceback" not in err
+    # named: the step and the URI
+    assert re.search(rf"StorageError: write {out}/\.raycat-predict/parts/part-[\w-]+\.parquet", err), err
+    assert "Traceback" not in err
     s3_outage.up()
-    finals = [k for k in s3_keys(s3_outage, bucket, "outage/down/") if ".staging-" not in k and not k.endswith("/")]
-    assert finals == []  # nothing under a final name; the next run clears the staging folders
+    finals = [k for k in s3_keys(s3_outage, bucket, "outage/down/")
+              if ".raycat-predict" not in k and not k.endswith("/")]
+    assert finals == []  # nothing under a final name; the next run goes on from the parts written
 
 
 @pytest.mark.integration
@@ -93,9 +94,9 @@ def test_a_killed_predict_actor_is_replaced_and_every_image_is_scored_once(train
     def kill_an_actor_mid_run():
         deadline = time.time() + 120
         while time.time() < deadline:
-            staged = [d for d in (os.listdir(out) if out.exists() else []) if d.startswith("scored.staging-")]
-            if staged and os.listdir(out / staged[0]):  # some batches are scored and written
-                pids = [p for p in descendants(os.getpid()) if "Predictor" in cmdline(p)]
+            parts = out / ".raycat-predict" / "parts"
+            if parts.exists() and os.listdir(parts):  # some shards are scored and written
+                pids = [p for p in descendants(os.getpid()) if "Scorer" in cmdline(p)]
                 if pids:
                     os.kill(pids[0], signal.SIGKILL)
                     killed.append(pids[0])
@@ -155,9 +156,7 @@ def test_class_names_never_write_outside_out(ray_local, tmp_path, monkeypatch):
     from raycat.datasets import make_shapes_dataset
 
     monkeypatch.chdir(tmp_path)
-    torch.manual_seed(0)
-    outputs.write_model(str(tmp_path / "m"), create_model("resnet18", len(HOSTILE), "none").state_dict(),
-                        "resnet18", sorted(HOSTILE), 32)
+    write_model(str(tmp_path / "m"), sorted(HOSTILE), 32)
     data = make_shapes_dataset(str(tmp_path / "shapes"), classes=("circle",), n_train=1, n_valid=1,
                                seed=0)
     src = os.path.join(data, "train", "circle")

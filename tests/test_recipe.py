@@ -1,62 +1,102 @@
-"""The recipe core in one process: plan, early stopping with the best epoch kept, and resuming
-from any checkpointed state to the same end."""
+"""The recipe core in one process: plan, early stopping with the best epoch kept, the guard, and
+resuming from any checkpointed state to the same end."""
 
 import numpy as np
 import pytest
 import torch
 
-from raycat.augment import AugmentSpec
-from raycat.config import TrainConfig
-from raycat.distributed import LocalComm
-from raycat.memory_data import InMemoryData
-from raycat.model import create_model
-from raycat.recipe import Recipe, RecipeState, plan
+from raycat.config import Recipe
+from raycat.core.comm import LocalComm
+from raycat.core.data import TensorData, index_batches
+from raycat.core.model import create_model
+from raycat.core.recipe import RecipeState, plan, run
 
 
-def cfg(**kw):
-    base = dict(data="d", out="o", arch="resnet18", weights="none", size=32, batch_size=8, precompute_epochs=1,
-                head_cycles=1, unfrozen_cycles=2, cycle_mult=2, patience=9, tta=1, lr=0.01)
+def recipe(**kw):
+    base = dict(arch="resnet18", weights="some.pt", size=32, batch_size=8, precompute_epochs=1, head_cycles=1,
+                unfrozen_cycles=2, cycle_mult=2, patience=9, tta=1, lr=0.01)
     base.update(kw)
-    return TrainConfig(**base)
+    return Recipe(**base)
 
 
-def setup(c, seed=0):
+def setup(seed=0):
     rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
-    y = np.arange(32) % 2
-    x[y == 1, :, :, 0] = 255  # class 1 is red: learnable
+    x = torch.from_numpy(rng.integers(0, 256, (32, 3, 32, 32), dtype=np.uint8))
+    y = torch.arange(32) % 2
+    x[y == 1, 0] = 255  # class 1 is red: learnable
     torch.manual_seed(0)
-    model = create_model("resnet18", 2, "none")
-    return model, InMemoryData(x[:24], y[:24], x[24:], y[24:], model, AugmentSpec(c.aug), c.batch_size, seed=seed)
+    return create_model("resnet18", 2), TensorData(x[:24], y[:24], x[24:], y[24:], 8)
+
+
+def go(r, model, data, state=None, saved=None):
+    return run(r, model, data, LocalComm(), torch.device("cpu"), state,
+               (lambda s: saved.append(RecipeState.from_dict(s.to_dict()))) if saved is not None else lambda s: None,
+               log=lambda s: None)
 
 
 def test_plan_lists_every_unit():
-    assert plan(cfg()) == [("lr_find", 0), ("precompute", 0), ("head", 0), ("lr_find_unfrozen", 0),
-                           ("unfrozen", 0), ("unfrozen", 1), ("unfrozen", 2)]
-    assert plan(cfg(), only_lr_find=True) == [("lr_find", 0)]
+    assert plan(recipe()) == [("lr_find", 0), ("precompute", 0), ("head", 0), ("lr_find_unfrozen", 0),
+                              ("unfrozen", 0), ("unfrozen", 1), ("unfrozen", 2)]
+    assert plan(recipe(), only_lr_find=True) == [("lr_find", 0)]
 
 
-def test_resume_from_a_checkpoint_finishes_with_the_same_units():
-    c = cfg()
+def test_from_scratch_skips_the_frozen_stages_and_uses_one_rate():
+    r = recipe(weights="none", precompute_epochs=None, head_cycles=None, lr_mult=None)
+    assert plan(r) == [("lr_find", 0), ("unfrozen", 0), ("unfrozen", 1), ("unfrozen", 2)]
+    assert r.resolved().lr_mult == 1.0
+    assert plan(recipe(weights="none", precompute_epochs=None, head_cycles=2))[1:3] == [("head", 0), ("head", 1)]
+    pre = recipe(weights="imagenet", precompute_epochs=None, head_cycles=None, lr_mult=None).resolved()
+    assert (pre.precompute_epochs, pre.head_cycles, pre.lr_mult) == (1, 2, 3.0)
+    model, data = setup()
+    state = go(r.__class__(**{**r.__dict__, "lr": 0.01}), model, data)
+    assert [h["stage"] for h in state.history] == ["unfrozen"] * 3 and "lr_find_unfrozen" not in state.lr_finds
+    assert state.lr_finds["lr_find"]["on"] == "the whole network"
+    rates = {(s["lr_early"], s["lr_late"], s["lr_head"]) for s in state.steps}
+    assert all(a == b == c for a, b, c in rates)  # every group at one rate
+
+
+def test_a_resumed_run_ends_with_the_uninterrupted_run_s_weights_and_history():
+    r = recipe()
     saved = []
-    model, data = setup(c)
-    full = Recipe(c, model, data, LocalComm(), torch.device("cpu"), lambda s: saved.append(s.to_dict()),
-                  log=lambda s: None).run()
-    # Restart from the state saved after the head epoch, as a crashed run restarted would.
-    state = RecipeState.from_dict({k: v for k, v in saved[2].items()})
+    model, data = setup()
+    full = go(r, model, data, saved=saved)
+    # Restart from the state saved after the head epoch, as a crashed run restarted would, on a
+    # model freshly initialised with another seed: everything must come from the checkpoint.
+    state = saved[2]
     assert state.units_done == 3
-    model2, data2 = setup(c, seed=1)
-    resumed = Recipe(c, model2, data2, LocalComm(), torch.device("cpu"), log=lambda s: None).run(state)
-    key = lambda h: [(r["stage"], r["epoch"]) for r in h]
-    assert key(resumed.history) == key(full.history)  # no duplicated or missing epochs
-    assert resumed.units_done == len(plan(c)) and resumed.final["epochs"] == full.final["epochs"]
+    torch.manual_seed(123)
+    model2, data2 = create_model("resnet18", 2), setup()[1]
+    resumed = go(r, model2, data2, state)
+    strip = lambda h: [{k: v for k, v in row.items() if "seconds" not in k} for row in h]
+    assert strip(resumed.history) == strip(full.history)
+    assert resumed.final["valid_loss"] == pytest.approx(full.final["valid_loss"], rel=1e-6)
+    for k, v in full.model_state.items():
+        assert torch.allclose(resumed.model_state[k].float(), v.float(), atol=1e-6), k
 
 
 def test_early_stop_keeps_the_best_epoch():
-    c = cfg(lr=3.0, unfrozen_cycles=3, patience=1, precompute_epochs=0, head_cycles=0)  # diverges after epoch 1
-    model, data = setup(c)
-    state = Recipe(c, model, data, LocalComm(), torch.device("cpu"), log=lambda s: None).run()
-    unfrozen = [r for r in state.history if r["stage"] == "unfrozen"]
+    r = recipe(lr=3.0, unfrozen_cycles=3, patience=1, precompute_epochs=0, head_cycles=0)  # diverges after epoch 1
+    model, data = setup()
+    state = go(r, model, data)
+    unfrozen = [h for h in state.history if h["stage"] == "unfrozen"]
     assert state.stopped_early and len(unfrozen) < 7
-    best = min(r["valid_loss"] for r in unfrozen)
+    best = min(h["valid_loss"] for h in unfrozen)
     assert state.final["valid_loss"] == pytest.approx(best, rel=1e-4)  # evaluated on the best epoch's weights
+
+
+def test_a_stage_that_blows_up_is_called_out_and_the_better_weights_are_kept():
+    # At 50 the first epochs already wreck the model; whichever epoch was best is the one kept.
+    model, data = setup()
+    blown = go(recipe(unfrozen_cycles=1, lr=50.0), model, data)
+    assert blown.notes and "better weights are kept" in blown.notes[0]
+    best = min(blown.history, key=lambda h: h["valid_loss"])
+    assert blown.best_epoch == f"{best['stage']} {best['epoch']}"
+    assert blown.final["valid_loss"] == pytest.approx(best["valid_loss"], rel=1e-4)
+
+
+def test_index_batches_cover_a_shard_once_or_cycle_a_short_one():
+    gen = torch.Generator().manual_seed(0)
+    once = torch.cat(list(index_batches(10, 4, 3, gen)))
+    assert sorted(once.tolist()) == list(range(10))
+    short = list(index_batches(5, 4, 3, gen))  # a worker with fewer images takes as many steps
+    assert [len(b) for b in short] == [4, 4, 4] and set(torch.cat(short).tolist()) == set(range(5))

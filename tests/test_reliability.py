@@ -10,7 +10,7 @@ import zlib
 
 import pytest
 
-from raycat.decode import DecodeError, load_image
+from raycat.core.decode import DecodeError, load_image
 from raycat.layout import scan_layout
 
 
@@ -72,7 +72,7 @@ def registered_state(run_dir):
     newest folder on disk may not be it: one being written, or one a dead worker group left."""
     import torch
 
-    from raycat.recipe import RecipeState
+    from raycat.core.recipe import RecipeState
 
     try:
         snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())

@@ -6,14 +6,15 @@ import os
 import pytest
 
 from raycat import resume
-from raycat.config import TrainConfig
+from raycat.config import Recipe, TrainConfig, TrainResources
 from raycat.errors import BadInput
 
 CLASSES = ["cat", "dog"]
 
 
-def cfg(tmp_path, **kw):
-    return TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "out"), **kw)
+def cfg(tmp_path, workers=1, address=None, **kw):
+    return TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "out"), recipe=Recipe(**kw),
+                       resources=TrainResources(workers=workers, address=address))
 
 
 def fake_checkpoint(c):

@@ -2,13 +2,17 @@ import math
 
 import pytest
 
-from raycat.schedules import (
+from raycat.core.schedules import (
     cosine,
     cycle_lengths,
+    differential_lrs,
+    group_lrs,
     lr_find_lr,
+    one_cycle_lr,
     restart_steps,
     sgdr_lr,
     sgdr_position,
+    stage_lr,
     total_epochs,
 )
 
@@ -64,3 +68,31 @@ def test_lr_find_sweep_is_exponential_from_1e7_to_10():
     assert lr_find_lr(0, n) == pytest.approx(1e-7) and lr_find_lr(n - 1, n) == pytest.approx(10.0)
     ratios = {round(lr_find_lr(i + 1, n) / lr_find_lr(i, n), 9) for i in range(n - 1)}
     assert len(ratios) == 1
+
+
+def test_group_rates_when_frozen_and_unfrozen():
+    assert differential_lrs(0.09, 3.0) == pytest.approx([0.01, 0.03, 0.09])
+    assert group_lrs(0.09, 3.0, frozen=2) == [0.0, 0.0, 0.09]  # the head alone
+    assert group_lrs(0.09, 3.0, frozen=0) == pytest.approx([0.01, 0.03, 0.09])
+    assert group_lrs(0.09, 3.0, frozen=1) == pytest.approx([0.0, 0.03, 0.09])
+    assert group_lrs(0.09, 1.0, frozen=0) == pytest.approx([0.09] * 3)  # from scratch: one rate
+
+
+def test_one_cycle_warms_up_then_anneals_to_a_ten_thousandth():
+    base, total = 0.1, 100
+    assert one_cycle_lr(base, 0, total) == pytest.approx(base / 25)
+    assert one_cycle_lr(base, 25, total) == pytest.approx(base)  # the peak, a quarter in
+    assert one_cycle_lr(base, 12, total) == pytest.approx(cosine(base / 25, base, 12 / 25))
+    assert one_cycle_lr(base, 99, total) == pytest.approx(cosine(base, base / 1e4, 74 / 75))
+    assert one_cycle_lr(base, total, total) == pytest.approx(base / 1e4)
+    rates = [one_cycle_lr(base, s, total) for s in range(total)]
+    assert all(a < b for a, b in zip(rates[:25], rates[1:26], strict=False))
+    assert all(a > b for a, b in zip(rates[25:-1], rates[26:], strict=False))
+    with pytest.raises(ValueError):
+        one_cycle_lr(base, -1, total)
+
+
+def test_stage_lr_picks_the_schedule():
+    assert stage_lr("sgdr", 0.1, 15, 10, 1, 2, 2) == pytest.approx(sgdr_lr(0.1, 15, 10, 1, 2))
+    # one cycle spans every epoch of the stage: 1 + 2 = 3 epochs of 10 steps
+    assert stage_lr("one_cycle", 0.1, 15, 10, 1, 2, 2) == pytest.approx(one_cycle_lr(0.1, 15, 30))

@@ -7,9 +7,9 @@ import os
 import pytest
 
 from raycat.cli import main, parse_config
-from raycat.config import ConfigError, TuneConfig
+from raycat.config import ConfigError, Recipe, TrainResources, TuneConfig
 from raycat.datasets import make_shapes_dataset
-from raycat.search_space import DEFAULT_SPACE, load_space, recipe_keys
+from raycat.search_space import DEFAULT_SPACE, TUNABLE, load_space
 from raycat.tune_job import max_concurrent
 
 
@@ -35,11 +35,21 @@ def test_bad_space_names_the_key(tmp_path, content, message):
 
 
 def test_concurrency_is_bounded_by_the_cluster():
-    cfg = TuneConfig(data="d", out="o", workers=2)
-    assert max_concurrent(cfg, cluster_cpus=6, cluster_gpus=0) == 2  # 3 CPUs a trial
-    assert max_concurrent(TuneConfig(data="d", out="o", workers=2, max_concurrent=10), 6, 0) == 2
-    assert max_concurrent(TuneConfig(data="d", out="o", workers=2, max_concurrent=1), 6, 0) == 1
-    assert max_concurrent(TuneConfig(data="d", out="o", workers=1, gpu=True), 16, 2) == 2
+    def sweep(workers=2, gpu=False, **kw):
+        return TuneConfig(data="d", out="o", resources=TrainResources(workers=workers, gpu=gpu), **kw)
+
+    assert max_concurrent(sweep(), 1, cluster_cpus=6, cluster_gpus=0) == 3  # 2 workers x 1 CPU a trial
+    assert max_concurrent(sweep(max_concurrent=10), 1, 6, 0) == 3
+    assert max_concurrent(sweep(max_concurrent=1), 1, 6, 0) == 1
+    assert max_concurrent(sweep(), 3, 6, 0) == 1
+    assert max_concurrent(sweep(workers=1, gpu=True), 4, 16, 2) == 2
+
+
+def test_every_recipe_setting_but_weights_and_seed_is_tunable():
+    import dataclasses
+
+    assert TUNABLE == {f.name for f in dataclasses.fields(Recipe)} - {"weights", "seed"}
+    assert "workers" not in TUNABLE and "gpu" not in TUNABLE
 
 
 @pytest.mark.integration
@@ -94,9 +104,12 @@ def test_sweep_resumes_after_the_driver_dies_and_asha_stops_the_bad_lr(ray_local
     assert (out / "model" / "weights.pt").exists() and (out / "trials.png").exists()
     best = str(out / "best_recipe.json")
     recipe = json.load(open(best))
-    assert recipe["lr"] == 0.01 and set(recipe) <= set(recipe_keys())
+    import dataclasses
+
+    # best_recipe.json is the recipe alone: no workers, GPUs or cluster address
+    assert recipe["lr"] == 0.01 and set(recipe) == {f.name for f in dataclasses.fields(Recipe)}
     _, cfg = parse_config(["train", data, "--out", str(tmp_path / "again"), "--config", best])
-    assert all(getattr(cfg, k) == v for k, v in recipe.items())
+    assert dataclasses.asdict(cfg.recipe) == recipe
 
 
 @pytest.mark.integration

@@ -4,12 +4,12 @@ The sweep raises the rate exponentially from 1e-7 to 10 over at most `MAX_STEPS`
 smooths the loss with a bias-corrected EMA, and stops once the smoothed loss is NaN or more than
 4x the best so far.
 
-The recipe's suggestion is the 2017 course's rule, fast.ai's `minimum` suggestion: the rate at the
-lowest smoothed loss, divided by 10 ("an order of magnitude before the minimum"). fast.ai v2's
-*valley* and v1's *steepest* are here too, as pure functions, but on the short, noisy sweeps that
-small datasets and several workers give (30-100 steps), the valley's longest decreasing
-subsequence threads through the flat noise at tiny rates and picks rates 10-30x too low, and the
-steepest point jumps with every spike; the minimum is stable.
+The recipe's default suggestion is the 2017 course's rule, fast.ai's `minimum` suggestion: the
+rate at the lowest smoothed loss, divided by 10 ("an order of magnitude before the minimum").
+fast.ai v2's *valley* and v1's *steepest* are offered too (`--lr-suggest`), but on the short,
+noisy sweeps that small datasets and several workers give (30-100 steps), the valley's longest
+decreasing subsequence threads through the flat noise at tiny rates and picks rates 10-30x too
+low, and the steepest point jumps with every spike; the minimum is stable.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from raycat.schedules import lr_find_lr
+from raycat.core.schedules import lr_find_lr
 
 MAX_STEPS = 100
 MIN_STEPS = 50  # a curve needs some points: short epochs are cycled to reach this many
@@ -105,10 +105,20 @@ def suggest_minimum(lrs: list[float], losses: list[float]) -> float:
     return lrs[min(finite, key=losses.__getitem__)] / 10
 
 
-def suggestion(lrs: list[float], smoothed: list[float]) -> float:
-    """The recipe's pick (see the module docstring). A sweep whose every loss is NaN (the model had
-    already diverged) suggests its first rate rather than failing: the run goes on and its valid
-    loss, not a crash, tells the user (or Tune's scheduler) what happened."""
-    if not any(math.isfinite(v) for v in smoothed):
+SUGGESTIONS = {"minimum": suggest_minimum, "valley": suggest_valley, "steepest": suggest_steepest}
+# The first points of a sweep are left out of every suggestion (fast.ai v1's skip_start): the EMA
+# rests on one or two batches there, so one easy batch reads as the curve's minimum (a sweep
+# suggested 1e-6 so, and the unfrozen stage then learnt nothing) and the fall from it as the
+# steepest descent.
+SKIP_START = 10
+
+
+def suggestion(lrs: list[float], smoothed: list[float], rule: str = "minimum") -> float:
+    """The rate `rule` picks from a sweep (see the module docstring). A sweep whose every loss is NaN
+    (the model had already diverged) suggests its first rate rather than failing: the run goes on
+    and its valid loss, not a crash, tells the user (or Tune's scheduler) what happened."""
+    skip = min(SKIP_START, len(lrs) // 4)
+    finite = [(lr, v) for lr, v in zip(lrs[skip:], smoothed[skip:], strict=True) if math.isfinite(v)]
+    if not finite:
         return lrs[0]
-    return suggest_minimum(lrs, smoothed)
+    return SUGGESTIONS[rule]([lr for lr, _ in finite], [v for _, v in finite])

@@ -3,18 +3,23 @@
 Layer groups are cut by a rule, not by indices: the body's residual stages (`layer1..layerN`) are
 split in half, so group 0 is the stem plus the first half of the stages, group 1 the second half,
 and group 2 the head. That holds for every supported architecture.
+
+The `small` stem (a 3x3 stride-1 convolution and no max-pool) is for images of 64 px or less:
+ImageNet's stem (a 7x7 stride-2 convolution, then a max-pool) divides the side by 4 before the
+first residual stage, which leaves a 7x7 map from a 28 px garment. `small_pool` keeps the max-pool:
+a quarter of `small`'s compute for a 14x14 map at the first stage.
 """
 
 from __future__ import annotations
 
-import io
 from collections import OrderedDict
 
 import torch
 import torch.nn as nn
 
-from raycat.config import ARCHS
 from raycat.errors import BadInput
+
+STEMS = ("imagenet", "small", "small_pool")
 
 
 class WeightsError(BadInput):
@@ -47,6 +52,11 @@ class Classifier(nn.Module):
         self.body = body
         self.pool = ConcatPool()
         self.head = make_head(2 * n_body_features, n_classes)
+        self.frozen_groups = 0  # how many leading layer groups get no gradient (freeze_to)
+
+    @property
+    def n_classes(self) -> int:
+        return self.head[-1].out_features
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """What the precompute stage caches: pooled body activations, (N, 2 * body channels)."""
@@ -56,80 +66,64 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-def _torchvision_model(arch: str, pretrained: bool) -> nn.Module:
-    import torchvision.models as tvm
-
-    if arch not in ARCHS:
-        raise WeightsError(f"--arch: unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    weights = "DEFAULT" if pretrained else None
-    return getattr(tvm, arch)(weights=weights)
-
-
 def _body_of(net: nn.Module) -> tuple[nn.Sequential, int]:
     # Everything before global pooling: conv1, bn1, relu, maxpool, layer1..layer4.
     children = [(n, m) for n, m in net.named_children() if n not in ("avgpool", "fc")]
     return nn.Sequential(OrderedDict(children)), net.fc.in_features
 
 
-def create_model(arch: str, n_classes: int, weights: str = "none") -> Classifier:
-    """A classifier for `n_classes`; `weights` is imagenet | none | path/URI (see load_weights)."""
-    pretrained = weights == "imagenet"
+def create_model(arch: str, n_classes: int, pretrained: bool = False, stem: str = "imagenet") -> Classifier:
+    """A classifier for `n_classes` on torchvision's `arch` body, with ImageNet weights if `pretrained`.
+
+    A failed download of the ImageNet weights is a WeightsError that says what to do instead."""
+    import torchvision.models as tvm
+
     try:
-        net = _torchvision_model(arch, pretrained)
-    except WeightsError:
-        raise
+        net = getattr(tvm, arch)(weights="DEFAULT" if pretrained else None)
     except Exception as e:  # noqa: BLE001 - any download failure becomes a clear usage error
         raise WeightsError(
             f"--weights imagenet: could not download the pretrained {arch} weights ({type(e).__name__}: {e}); "
             "use --weights none to train from scratch, or --weights PATH for a local state dict"
         ) from None
+    if stem != "imagenet":
+        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        if stem == "small":
+            net.maxpool = nn.Identity()
     body, n_feat = _body_of(net)
-    model = Classifier(body, n_feat, n_classes)
-    if weights not in ("imagenet", "none"):
-        load_weights(model, weights)
-    return model
+    return Classifier(body, n_feat, n_classes)
 
 
-def read_state_dict(uri: str) -> dict[str, torch.Tensor]:
-    """A state dict from a file or a raycat model/ folder (local or s3://), never running pickled code."""
-    from raycat import storage
+def load_weights(model: Classifier, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a raycat or a plain torchvision state dict into `model`.
 
-    candidates = [uri]
-    if storage.is_dir(uri):
-        candidates = [storage.join(uri, "weights.pt"), storage.join(uri, "model", "weights.pt")]
-    for c in candidates:
-        if storage.exists(c) and not storage.is_dir(c):
-            data = storage.read_bytes(c)
-            try:
-                sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - unpickling refused or corrupt: a usage error
-                raise WeightsError(f"--weights {c}: not a loadable state dict ({type(e).__name__}: "
-                                   f"{str(e).splitlines()[0][:200]})") from None
-            if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-                raise WeightsError(f"--weights {c}: not a state dict (a mapping of names to tensors)")
-            return sd
-    raise WeightsError(f"--weights {uri}: no such file, and no weights.pt in it")
-
-
-def load_weights(model: Classifier, uri: str) -> None:
-    """Load a raycat or a plain torchvision state dict; a head of another shape is replaced, not an error."""
-    sd = read_state_dict(uri)
-    if not any(k.startswith("body.") for k in sd):
+    A head of another shape (another number of classes) is left as it is, to be trained; a body
+    that does not fit is a WeightsError naming `source`. A stem of another shape (ImageNet weights
+    into a small-stem model) is left freshly initialised too: the rest of the body still transfers.
+    """
+    if not any(k.startswith("body.") for k in state):
         # A plain torchvision ResNet state dict: its non-fc keys are the body's.
-        sd = {f"body.{k}": v for k, v in sd.items() if not k.startswith("fc.")}
+        state = {f"body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
     own = model.state_dict()
-    usable = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
-    body_keys = [k for k in own if k.startswith("body.")]
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    body_keys = [k for k in own if k.startswith("body.") and not k.startswith("body.conv1.")]
     missing_body = [k for k in body_keys if k not in usable]
-    extra_body = [k for k in sd if k.startswith("body.") and k not in own]
+    extra_body = [k for k in state if k.startswith("body.") and k not in own]
     if missing_body or extra_body:
         example = (missing_body or extra_body)[0]
-        raise WeightsError(f"--weights {uri}: does not fit the --arch body ({len(missing_body)} body tensors "
+        raise WeightsError(f"--weights {source}: does not fit the --arch body ({len(missing_body)} body tensors "
                            f"missing or of another shape, {len(extra_body)} unknown; e.g. {example})")
     model.load_state_dict(usable, strict=False)
 
 
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the weights: what checkpoints and model files hold."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
 # ---- layer groups and freezing -----------------------------------------------------------------
+
+N_GROUPS = 3
+
 
 def layer_groups(model: Classifier) -> list[list[nn.Module]]:
     """[early body, late body, head]; together they hold every parameter exactly once."""
@@ -153,7 +147,7 @@ def freeze_to(model: Classifier, n: int) -> None:
 
 
 def freeze(model: Classifier) -> None:
-    freeze_to(model, len(layer_groups(model)) - 1)
+    freeze_to(model, N_GROUPS - 1)
 
 
 def unfreeze(model: Classifier) -> None:
@@ -163,17 +157,14 @@ def unfreeze(model: Classifier) -> None:
 def set_train_mode(model: Classifier) -> None:
     """model.train(), but frozen groups stay in eval mode so their BatchNorm statistics don't move."""
     model.train()
-    for group in layer_groups(model)[: getattr(model, "frozen_groups", 0)]:
+    for group in layer_groups(model)[: model.frozen_groups]:
         for m in group:
             m.eval()
 
 
-def differential_lrs(lr: float, lr_mult: float, n_groups: int = 3) -> list[float]:
-    """[lr / m^(n-1), ..., lr / m, lr]: earlier groups learn more slowly."""
-    return [lr / lr_mult ** (n_groups - 1 - i) for i in range(n_groups)]
-
-
-def make_optimizer(model: Classifier, lrs: list[float], momentum: float = 0.9, weight_decay: float = 1e-4):
+def make_optimizer(model: Classifier, lrs: list[float], momentum: float = 0.9, weight_decay: float = 1e-4,
+                   nesterov: bool = False) -> torch.optim.SGD:
     """SGD with one parameter group per layer group, each with its own rate."""
     groups = [{"params": ps, "lr": lr} for ps, lr in zip(group_parameters(model), lrs, strict=True)]
-    return torch.optim.SGD(groups, lr=lrs[-1], momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(groups, lr=lrs[-1], momentum=momentum, weight_decay=weight_decay,
+                           nesterov=nesterov and momentum > 0)

@@ -56,3 +56,47 @@ def exponential(start: float, end: float, pos: float) -> float:
 def lr_find_lr(step: int, n_steps: int, start: float = 1e-7, end: float = 10.0) -> float:
     """The range test's rate at `step` of `n_steps`: 1e-7 at the first step, 10 at the last."""
     return exponential(start, end, step / max(1, n_steps - 1))
+
+
+# ---- rates per layer group ---------------------------------------------------------------------
+
+GROUP_NAMES = ("early", "late", "head")  # the layer groups (model.layer_groups), as steps.csv names them
+
+
+def differential_lrs(lr: float, lr_mult: float, n_groups: int = 3) -> list[float]:
+    """[lr / m^(n-1), ..., lr / m, lr]: earlier groups learn more slowly."""
+    return [lr / lr_mult ** (n_groups - 1 - i) for i in range(n_groups)]
+
+
+def group_lrs(lr: float, lr_mult: float, frozen: int, n_groups: int = 3) -> list[float]:
+    """Each layer group's rate when the head's rate is `lr`: differential rates [lr/m^2, lr/m, lr],
+    with the `frozen` leading groups at 0 (the body frozen: the head alone, at lr)."""
+    return [0.0 if i < frozen else r for i, r in enumerate(differential_lrs(lr, lr_mult, n_groups))]
+
+
+# ---- one cycle ----------------------------------------------------------------------------------
+
+ONE_CYCLE_WARMUP = 0.25  # fraction of the steps spent rising (fast.ai's pct_start)
+ONE_CYCLE_DIV = 25.0  # the rate starts at lr / 25 ...
+ONE_CYCLE_FINAL_DIV = 1e4  # ... and ends at lr / 1e4 (fast.ai's div and div_final)
+
+
+def one_cycle_lr(base_lr: float, step: int, total_steps: int) -> float:
+    """fast.ai's one cycle: cosine up from base/25 to base over the first quarter of the steps,
+    then cosine down to base/1e4. Sized to the whole stage, so it always ends annealed."""
+    if step < 0 or total_steps <= 0:
+        raise ValueError(f"step {step} / total_steps {total_steps} out of range")
+    warm = max(1, int(round(ONE_CYCLE_WARMUP * total_steps)))
+    if step < warm:
+        return cosine(base_lr / ONE_CYCLE_DIV, base_lr, step / warm)
+    rest = max(1, total_steps - warm)
+    return cosine(base_lr, base_lr / ONE_CYCLE_FINAL_DIV, min(1.0, (step - warm) / rest))
+
+
+def stage_lr(schedule: str, base_lr: float, step: int, steps_per_epoch: int, cycle_len: int, cycle_mult: int,
+             n_cycle: int) -> float:
+    """The head group's rate at `step` of a stage: SGDR (cycles restarting at each boundary) or one
+    cycle over all the stage's steps."""
+    if schedule == "one_cycle":
+        return one_cycle_lr(base_lr, step, total_epochs(cycle_len, cycle_mult, n_cycle) * steps_per_epoch)
+    return sgdr_lr(base_lr, step, steps_per_epoch, cycle_len, cycle_mult)

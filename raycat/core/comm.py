@@ -1,7 +1,8 @@
 """What the recipe needs from its peers: averaging a number, gathering tensors, wrapping in DDP.
 
-`LocalComm` is the single-process case (unit tests, one worker); `TorchComm` uses the process
-group that Ray Train sets up (gloo on CPU, nccl on GPU). Both are plain PyTorch.
+`LocalComm` is the single-process case (unit tests, one worker); `TorchComm` uses the default
+process group that the caller set up (Ray Train does: gloo on CPU, nccl on GPU). Both are plain
+PyTorch.
 """
 
 from __future__ import annotations
@@ -23,11 +24,8 @@ class LocalComm:
     def gather_objects(self, x) -> list:
         return [x]
 
-    def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
+    def wrap(self, module: nn.Module, device: torch.device, key: str) -> nn.Module:
         return module
-
-    def barrier(self) -> None:
-        pass
 
 
 class TorchComm:
@@ -39,6 +37,7 @@ class TorchComm:
         self.dist = dist
         self.world_size = dist.get_world_size()
         self.rank = dist.get_rank()
+        self._wrapped: dict[str, nn.Module] = {}
 
     def mean(self, x: float) -> float:
         # Objects, not tensors: works on every backend without choosing a device for the buffer.
@@ -57,13 +56,14 @@ class TorchComm:
         self.dist.all_gather_object(out, x)
         return out
 
-    def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
-        # A new wrapper per stage: DDP registers the parameters that require grad when it is
-        # built, so freezing or unfreezing means wrapping again.
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    def wrap(self, module: nn.Module, device: torch.device, key: str) -> nn.Module:
+        """One DDP wrapper per stage (`key`), built on first use and reused by every later epoch.
 
-        ids = [device.index] if device.type == "cuda" else None
-        return DDP(module, device_ids=ids)
+        DDP registers the parameters that require grad when it is built, so a stage that freezes
+        or unfreezes other groups needs its own wrapper; the epochs of a stage share one."""
+        if key not in self._wrapped:
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
-    def barrier(self) -> None:
-        self.dist.barrier()
+            ids = [device.index] if device.type == "cuda" else None
+            self._wrapped[key] = DDP(module, device_ids=ids)
+        return self._wrapped[key]

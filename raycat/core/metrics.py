@@ -41,3 +41,33 @@ def most_confused(cm: torch.Tensor, classes: list[str], min_count: int = 1) -> l
     out = [(classes[i], classes[j], int(cm[i, j])) for i in range(len(classes)) for j in range(len(classes))
            if i != j and int(cm[i, j]) >= min_count]
     return sorted(out, key=lambda t: (-t[2], t[0], t[1]))
+
+
+# ---- the images worth a look (fast.ai's plot_top_losses) -------------------------------------
+
+def top_losses(probs: torch.Tensor, labels: torch.Tensor, k: int) -> list[tuple[int, float]]:
+    """(index, loss) of the k labelled rows with the highest loss, -log p(true class): the most
+    confidently wrong first. Rows labelled -1 (unknown) are left out."""
+    known = (labels >= 0).nonzero().flatten()
+    if len(known) == 0 or k <= 0:
+        return []
+    p_true = probs[known, labels[known]].float().clamp_min(1e-12)
+    loss = -torch.log(p_true)
+    top = torch.topk(loss, min(k, len(known)))
+    return [(int(known[i]), float(v)) for v, i in zip(top.values, top.indices, strict=True)]
+
+
+def least_confident(probs: torch.Tensor, k: int) -> list[tuple[int, float]]:
+    """(index, confidence) of the k rows whose top class has the lowest probability."""
+    if len(probs) == 0 or k <= 0:
+        return []
+    conf = probs.float().max(dim=1).values
+    low = torch.topk(conf, min(k, len(conf)), largest=False)
+    return [(int(i), float(v)) for v, i in zip(low.values, low.indices, strict=True)]
+
+
+def keep_top(rows: list, k: int, key, largest: bool = True) -> list:
+    """The k best of `rows` by `key`: merges per-shard candidates into the run's, in bounded memory."""
+    import heapq
+
+    return (heapq.nlargest if largest else heapq.nsmallest)(k, rows, key=key)

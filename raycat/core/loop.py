@@ -1,0 +1,214 @@
+"""The recipe's inner loops, in plain PyTorch: an epoch of SGD, an lr_find sweep, a valid pass.
+
+A `Stage` says what trains and on what: the head alone on precomputed body activations, the head
+on augmented images with the body frozen, or the whole network. `Loop` holds what every unit of
+a run shares (the model on its device, the peers, the augmentation's generator, the activations
+once computed) and runs one unit at a time for recipe.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from raycat.core import lr_find
+from raycat.core.augment import AugmentSpec, augment, normalize
+from raycat.core.data import Batch, RecipeData, index_batches
+from raycat.core.device import autocast, memory_format
+from raycat.core.evaluate import evaluate
+from raycat.core.model import N_GROUPS, Classifier, freeze_to, make_optimizer, set_train_mode
+from raycat.core.schedules import GROUP_NAMES
+from raycat.core.tta import View, plain_view
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # precompute | head | unfrozen (as history.csv names them)
+    on_features: bool  # the head alone, on precomputed body activations
+    frozen: int  # leading layer groups that get no gradient
+
+
+PRECOMPUTE = Stage("precompute", True, N_GROUPS - 1)
+HEAD = Stage("head", False, N_GROUPS - 1)
+UNFROZEN = Stage("unfrozen", False, 0)
+
+
+@dataclass(frozen=True)
+class Optim:
+    """SGD's settings and the loss's label smoothing (config.Recipe's names)."""
+
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    label_smoothing: float = 0.0
+
+
+class EpochCycler:
+    """Batches from an epoch factory, starting a new epoch when one ends.
+
+    `drain()` runs the current epoch to its end: every worker must finish each epoch before the
+    next starts (streamed data is split across workers), so a sweep that stops early still
+    finishes its epoch.
+    """
+
+    def __init__(self, new_epoch: Callable[[], Iterator[Batch]]):
+        self.new_epoch = new_epoch
+        self.it: Iterator | None = None
+
+    def next(self) -> Batch:
+        for _ in range(2):
+            if self.it is None:
+                self.it = iter(self.new_epoch())
+            try:
+                return next(self.it)
+            except StopIteration:
+                self.it = None
+        raise RuntimeError("an epoch of training data was empty")
+
+    def drain(self) -> None:
+        if self.it is not None:
+            for _ in self.it:
+                pass
+            self.it = None
+
+
+class Loop:
+    """Runs the recipe's units on one worker; `comm` keeps the workers in step."""
+
+    def __init__(self, model: Classifier, data: RecipeData, comm, device: torch.device, precision: str,
+                 spec: AugmentSpec, optim: Optim, batch_size: int, log: Callable[[str], None] = print):
+        self.model, self.data, self.comm, self.device = model, data, comm, device
+        self.precision, self.spec, self.optim, self.bs, self.log = precision, spec, optim, batch_size, log
+        self.gen = torch.Generator()
+        self.first_step_at: float | None = None  # wall-clock time of the run's first optimizer step
+        self._features: tuple[torch.Tensor, ...] | None = None
+        self.model.to(device=device, memory_format=memory_format(device, precision))
+
+    def reseed(self, seed: int) -> None:
+        """Every random draw of the next unit (data order, augmentation, dropout) from `seed`: seeded
+        per unit, so a run resumed from a checkpoint draws what the uninterrupted run drew."""
+        self.gen.manual_seed(seed)
+        torch.manual_seed(seed)
+
+    # ---- what a stage trains, and on what ----------------------------------------------------
+    def _net(self, stage: Stage) -> nn.Module:
+        freeze_to(self.model, stage.frozen)
+        if stage.on_features:
+            self.model.head.train()
+            return self.comm.wrap(self.model.head, self.device, "head")
+        set_train_mode(self.model)
+        return self.comm.wrap(self.model, self.device, f"frozen{stage.frozen}")
+
+    def _batches(self, stage: Stage) -> Iterator[Batch]:
+        """One epoch of (input, label) batches for the stage: activations, or augmented images."""
+        if stage.on_features:
+            f, y = self.features()[:2]
+            for idx in index_batches(len(f), self.bs, self.data.steps_per_epoch, self.gen):
+                yield f[idx], y[idx]
+            return
+        fmt = memory_format(self.device, self.precision)
+        for x, y in self.data.train_batches(self.gen):
+            yield augment(x, self.spec, self.gen).contiguous(memory_format=fmt), y
+
+    def _forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            return net(x).float()
+
+    def _step(self, net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+        loss = F.cross_entropy(self._forward(net, x), y.long(), label_smoothing=self.optim.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+        return float(loss.detach())
+
+    def _optimizer(self) -> torch.optim.SGD:
+        o = self.optim
+        return make_optimizer(self.model, [0.0] * N_GROUPS, o.momentum, o.weight_decay, o.nesterov)
+
+    # ---- units ---------------------------------------------------------------------------------
+    def train_epoch(self, stage: Stage, lrs_at: Callable[[int], list[float]], first_step: int,
+                    steps: list[dict] | None) -> float:
+        """One epoch; `lrs_at(step)` gives every group's rate at a step counted from the start of
+        the stage. Rank 0 appends one row per step to `steps` (steps.csv). Returns the mean loss,
+        averaged over workers."""
+        net, opt = self._net(stage), self._optimizer()
+        losses = []
+        for i, (x, y) in enumerate(self._batches(stage)):
+            lrs = lrs_at(first_step + i)
+            for g, lr in zip(opt.param_groups, lrs, strict=True):
+                g["lr"] = lr
+            loss = self._step(net, opt, x, y)
+            losses.append(loss)
+            if steps is not None and self.comm.rank == 0:
+                row = {"stage": stage.name, "step": first_step + i, "loss": loss}
+                row.update({f"lr_{g}": r for g, r in zip(GROUP_NAMES, lrs, strict=True)})
+                steps.append(row)
+        return self.comm.mean(sum(losses) / len(losses) if losses else float("nan"))
+
+    def sweep(self, stage: Stage, group_rates: Callable[[float], list[float]], rule: str) -> dict:
+        """lr_find on the stage: the range test, then the model (and BN statistics) restored exactly."""
+        net, opt = self._net(stage), self._optimizer()
+        snap = copy.deepcopy(self.model.state_dict())
+        batches = EpochCycler(lambda: self._batches(stage))
+        n = lr_find.sweep_steps(self.data.steps_per_epoch, cheap=stage.on_features)
+
+        def step(lr: float) -> float:
+            for g, r in zip(opt.param_groups, group_rates(lr), strict=True):
+                g["lr"] = r
+            x, y = batches.next()
+            return self.comm.mean(self._step(net, opt, x, y))
+
+        lrs, losses, smoothed = lr_find.range_test(step, n)
+        batches.drain()
+        self.model.load_state_dict(snap)
+        suggested = min(1.0, max(1e-5, lr_find.suggestion(lrs, smoothed, rule)))
+        return {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggestion": suggested, "steps": n}
+
+    # ---- activations and evaluation ------------------------------------------------------------
+    @torch.no_grad()
+    def features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(train activations, labels, valid activations, labels) of the frozen body, computed once
+        from the plain view of every image and kept on the device."""
+        if self._features is None:
+            self.model.eval()
+            body = lambda x: self._forward(self.model.features, x)
+            parts = []
+            for batches in (self.data.train_pass(), self.data.valid_batches()):
+                fs, ys = [], []
+                for x, y in batches:
+                    fs.append(body(self._plain(x)))
+                    ys.append(y.long())
+                dim = self.model.head[0].num_features
+                parts += [torch.cat(fs) if fs else torch.zeros(0, dim, device=self.device),
+                          torch.cat(ys) if ys else torch.zeros(0, dtype=torch.long, device=self.device)]
+            self._features = tuple(parts)
+        return self._features
+
+    def _plain(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(x, self.spec).contiguous(memory_format=memory_format(self.device, self.precision))
+
+    def valid(self, stage: Stage, views: list[View] | None = None, beta: float = 0.25
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities and labels of the whole valid set (every worker's part), on every worker.
+
+        On activations the head scores them as they are; on images, through `views` (default: the
+        plain view alone)."""
+        self.model.eval()
+        k = self.model.n_classes
+        if stage.on_features:
+            _, _, vf, vy = self.features()
+            batches = ((vf[i:i + self.bs], vy[i:i + self.bs]) for i in range(0, len(vf), self.bs))
+            probs, labels = evaluate(lambda f: self._forward(self.model.head, f), batches, [lambda f: f], k)
+        else:
+            fmt = memory_format(self.device, self.precision)
+            probs, labels = evaluate(lambda x: self._forward(self.model, x.contiguous(memory_format=fmt)),
+                                     self.data.valid_batches(), views or [plain_view(self.spec)], k, beta)
+        return self.comm.gather(probs), self.comm.gather(labels)

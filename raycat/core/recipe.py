@@ -1,0 +1,228 @@
+"""The staged fast.ai recipe in plain PyTorch: the plan, the state a run checkpoints, and `run`.
+
+With a pretrained body (ImageNet's, or a file's):
+
+    lr_find (the head, frozen body, on precomputed activations)
+    -> the head on precomputed activations (--precompute-epochs)
+    -> the head with augmentation, SGDR cycle_len=1 (--head-cycles)
+    -> unfreeze, differential rates [lr/m^2, lr/m, lr], lr_find again
+    -> the unfrozen stage: SGDR cycle_len, cycle_mult (or one cycle) for --unfrozen-cycles,
+       stopping after --patience epochs of rising valid loss
+    -> the best epoch's weights; valid metrics, with and without TTA.
+
+From scratch (--weights none) there is no body worth freezing: lr_find sweeps the whole network
+and the unfrozen stage follows, every group at one rate (recipe settings may override both).
+
+The run is a flat list of *units* (one lr_find or one epoch each). After every unit the caller's
+`checkpoint(state)` runs; a `RecipeState` holds all a resumed run needs, so a run restarted from
+any checkpoint skips the units already done and ends with the same history.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from raycat.config import Recipe
+from raycat.core import metrics
+from raycat.core.augment import AugmentSpec
+from raycat.core.data import RecipeData
+from raycat.core.loop import HEAD, PRECOMPUTE, UNFROZEN, Loop, Optim, Stage
+from raycat.core.model import Classifier, cpu_state
+from raycat.core.schedules import group_lrs, sgdr_lr, stage_lr, total_epochs
+from raycat.core.tta import tta_views
+
+# An epoch whose valid loss is more than this many times the best so far, and worse than guessing
+# (the loss of uniform probabilities, log(classes)), is called out in the table; the better weights
+# are the ones kept. That is a fine-tuning step that blew up, not the noise of a small valid set.
+GUARD_FACTOR = 2.0
+
+
+@dataclass
+class RecipeState:
+    """Everything a resumed run needs; holds only tensors, numbers, strings, lists and dicts."""
+
+    units_done: int = 0
+    base_lr: float | None = None
+    unfrozen_lr: float | None = None
+    history: list[dict] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    lr_finds: dict[str, dict] = field(default_factory=dict)
+    best_valid_loss: float = math.inf  # over every epoch of every stage: the weights the run keeps
+    best_epoch: str = ""
+    best_state: dict | None = None
+    stage_best: float = math.inf  # the unfrozen stage's best, for early stopping
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    model_state: dict | None = None
+    seconds: float = 0.0  # in the recipe's units, validation included
+    valid_seconds: float = 0.0
+    first_step_at: float | None = None  # wall-clock time (time.time()) of the first optimizer step
+    notes: list[str] = field(default_factory=list)  # what the guard saw, for metrics.json
+    final: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RecipeState":
+        return cls(**d)
+
+
+def plan(recipe: Recipe, only_lr_find: bool = False) -> list[tuple[str, int]]:
+    """The run as (unit, epoch-in-stage) pairs."""
+    r = recipe.resolved()
+    units = [("lr_find", 0)]
+    if only_lr_find:
+        return units
+    units += [("precompute", e) for e in range(r.precompute_epochs)]
+    units += [("head", e) for e in range(r.head_cycles)]
+    if r.frozen_stages:
+        units += [("lr_find_unfrozen", 0)]
+    units += [("unfrozen", e) for e in range(total_epochs(r.cycle_len, r.cycle_mult, r.unfrozen_cycles))]
+    return units
+
+
+TABLE_HEADER = (f"{'stage':<10} {'epoch':>5} {'lr':>9} {'train_loss':>10} {'valid_loss':>10} {'accuracy':>8} "
+                f"{'time':>6} {'valid':>5}")
+
+
+def table_row(row: dict) -> str:
+    return (f"{row['stage']:<10} {row['epoch']:>5} {row['lr']:>9.2e} {row['train_loss']:>10.4f} "
+            f"{row['valid_loss']:>10.4f} {row['accuracy']:>8.4f} {row['seconds']:>6.1f} {row['valid_seconds']:>5.1f}")
+
+
+def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch.device,
+        state: RecipeState | None = None, checkpoint: Callable[[RecipeState], None] = lambda s: None,
+        log: Callable[[str], None] = print, only_lr_find: bool = False, precision: str = "fp32") -> RecipeState:
+    """Run the recipe's units not yet in `state` on this worker, checkpointing after each."""
+    r = recipe.resolved()
+    state = state or RecipeState()
+    say = log if comm.rank == 0 else (lambda _: None)
+    if state.model_state is not None:
+        model.load_state_dict(state.model_state)
+    optim = Optim(r.momentum, r.weight_decay, r.nesterov, r.label_smoothing)
+    loop = Loop(model, data, comm, device, precision, AugmentSpec(r.aug, r.max_zoom), optim, r.batch_size, log)
+    units = plan(r, only_lr_find)
+    if state.units_done >= len(units):
+        checkpoint(state)  # nothing left to run: report the final state again for whoever listens
+        return state
+    if state.units_done:
+        say(f"resuming after {state.units_done} of {len(units)} units (from the latest checkpoint)")
+    elif not r.frozen_stages and not only_lr_find:
+        say("from scratch (--weights none): no frozen stages; lr_find and every epoch train the whole network"
+            + (", every layer group at one rate" if r.lr_mult == 1 else ""))
+    say(TABLE_HEADER)
+    for i, (unit, epoch) in enumerate(units):
+        if i < state.units_done:
+            continue
+        t0 = time.time()
+        loop.reseed(r.seed * 1_000_003 + comm.rank * 1009 + i)
+        if unit == "lr_find":
+            stage = (PRECOMPUTE if r.precompute_epochs else HEAD) if r.frozen_stages else UNFROZEN
+            found = _lr_find(loop, r, stage, "lr_find", say)
+            state.lr_finds["lr_find"] = found
+            state.base_lr = r.lr or found["suggestion"]
+            state.unfrozen_lr = state.base_lr
+        elif unit == "lr_find_unfrozen":
+            found = _lr_find(loop, r, UNFROZEN, "lr_find_unfrozen", say)
+            state.lr_finds["lr_find_unfrozen"] = found
+            # The second sweep sees the whole network (and the differential rates), so its
+            # suggestion, not the head's rate, sets the unfrozen stage's rate.
+            state.unfrozen_lr = r.lr or found["suggestion"]
+        elif unit == "unfrozen" and state.stopped_early:
+            if i < len(units) - 1:
+                continue  # nothing ran: no new state to save
+        else:
+            _epoch(loop, r, state, {"precompute": PRECOMPUTE, "head": HEAD, "unfrozen": UNFROZEN}[unit], epoch, say)
+        state.seconds += time.time() - t0
+        state.first_step_at = state.first_step_at or loop.first_step_at
+        state.units_done = i + 1
+        state.model_state = cpu_state(model)
+        if i == len(units) - 1 and not only_lr_find:
+            _finish(loop, r, state, say)
+        checkpoint(state)
+    return state
+
+
+def _lr_find(loop: Loop, r: Recipe, stage: Stage, name: str, say: Callable[[str], None]) -> dict:
+    found = loop.sweep(stage, lambda lr: group_lrs(lr, r.lr_mult, stage.frozen), r.lr_suggest)
+    n = found.pop("steps")
+    found["on"] = "the head, body frozen" if stage.frozen else "the whole network"
+    say(f"{name}: suggested lr {found['suggestion']:.2e} ({r.lr_suggest} rule, {len(found['lr'])} steps, "
+        f"{'stopped at divergence' if len(found['lr']) < n else 'full sweep'})")
+    return found
+
+
+def _epoch(loop: Loop, r: Recipe, state: RecipeState, stage: Stage, epoch: int, say: Callable[[str], None]) -> None:
+    spe = loop.data.steps_per_epoch
+    if stage is UNFROZEN:
+        lr = state.unfrozen_lr
+        head_lr = lambda step: stage_lr(r.schedule, lr, step, spe, r.cycle_len, r.cycle_mult, r.unfrozen_cycles)
+    else:  # the frozen stages: one-epoch SGDR cycles
+        lr = state.base_lr
+        head_lr = lambda step: sgdr_lr(lr, min(step, (epoch + 1) * spe - 1), spe, 1, 1)
+    t0 = time.time()
+    train_loss = loop.train_epoch(stage, lambda step: group_lrs(head_lr(step), r.lr_mult, stage.frozen),
+                                  epoch * spe, state.steps)
+    t1 = time.time()
+    probs, labels = loop.valid(stage)
+    valid_loss, acc = metrics.nll_of_probs(probs, labels), metrics.accuracy(probs, labels)
+    t2 = time.time()
+    row = {"stage": stage.name, "epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "valid_loss": valid_loss,
+           "accuracy": acc, "seconds": round(t1 - t0, 2), "valid_seconds": round(t2 - t1, 2)}
+    state.history.append(row)
+    state.valid_seconds += t2 - t1
+    say(table_row(row))
+    name = f"{stage.name} {epoch + 1}"
+    if math.isfinite(state.best_valid_loss) and not (valid_loss <= GUARD_FACTOR * state.best_valid_loss
+                                                     or valid_loss <= math.log(loop.model.n_classes)):
+        note = (f"{name}: valid loss {valid_loss:.4g} is over {GUARD_FACTOR:g}x the best so far "
+                f"({state.best_valid_loss:.4g}, {state.best_epoch}) and worse than guessing; the better weights "
+                "are kept")
+        state.notes.append(note)
+        say(f"  ! {note}")
+    if valid_loss < state.best_valid_loss:
+        state.best_valid_loss, state.best_epoch, state.best_state = valid_loss, name, cpu_state(loop.model)
+    if stage is UNFROZEN:
+        if valid_loss < state.stage_best:
+            state.stage_best, state.bad_epochs = valid_loss, 0
+        else:
+            state.bad_epochs += 1
+            if state.bad_epochs >= r.patience:
+                state.stopped_early = True
+                say(f"valid loss has risen for {state.bad_epochs} epochs: stopping; keeping the best epoch "
+                    f"({state.best_epoch}, valid loss {state.best_valid_loss:.4f})")
+
+
+def _finish(loop: Loop, r: Recipe, state: RecipeState, say: Callable[[str], None]) -> None:
+    """Back to the best epoch's weights; valid metrics plain and with TTA."""
+    if state.best_state is not None:
+        loop.model.load_state_dict(state.best_state)
+        state.model_state = state.best_state
+    t0 = time.time()
+    probs, labels = loop.valid(UNFROZEN)
+    n = loop.model.n_classes
+    final: dict[str, Any] = {
+        "valid_loss": metrics.nll_of_probs(probs, labels),
+        "valid_accuracy": metrics.accuracy(probs, labels),
+        "confusion_matrix": metrics.confusion_matrix(probs.argmax(1), labels, n),
+        "best_epoch": state.best_epoch,
+    }
+    if r.tta > 0:
+        views = tta_views(loop.spec, r.tta, loop.gen)
+        tta_probs, tta_labels = loop.valid(UNFROZEN, views)
+        final["valid_accuracy_tta"] = metrics.accuracy(tta_probs, tta_labels)
+        final["valid_loss_tta"] = metrics.nll_of_probs(tta_probs, tta_labels)
+    else:
+        final["valid_accuracy_tta"] = final["valid_accuracy"]
+        final["valid_loss_tta"] = final["valid_loss"]
+    final["epochs"] = len(state.history)
+    state.valid_seconds += time.time() - t0
+    state.final = final
+    say(f"valid accuracy {final['valid_accuracy']:.4f}, with TTA ({r.tta} views) {final['valid_accuracy_tta']:.4f}"
+        f" (weights of {state.best_epoch})")

@@ -1,0 +1,146 @@
+"""The scoring actor: a shard of image paths in; its Parquet part and a small summary out.
+
+One pass per image: the actor reads the file bytes (I/O threads), decodes them on its device,
+scores every TTA view, and writes the shard's rows as one Parquet part under the run's staging
+folder, then the shard's summary (counts, confusion, skipped files, the images worth a look)
+beside it. The summary is written last: it marks the shard done, so a resumed run skips it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from raycat import storage
+from raycat.listing import shard_of
+
+PARTS, DONE = "parts", "done"
+IO_THREADS = 8  # file reads in flight per actor: enough to hide an object store's latency
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """What every scoring actor needs (the driver builds it once)."""
+
+    model: str  # the model/ folder
+    card: dict  # its model.json, validated by the driver
+    tta: int
+    tta_beta: float
+    batch_size: int
+    gpu: bool
+    cpus: int
+    run: str  # the run's staging folder (predict_job.py)
+    top: int  # candidates each shard keeps for the top-losses and least-confident grids
+
+
+def part_uri(run: str, shard: str) -> str:
+    return storage.join(run, PARTS, f"part-{shard}.parquet")
+
+
+def summary_uri(run: str, shard: str) -> str:
+    return storage.join(run, DONE, f"{shard}.json")
+
+
+class Scorer:
+    """Ray Data actor (ActorPoolStrategy) holding the model on its device."""
+
+    def __init__(self, spec: ScoringSpec):
+        from raycat import model_card
+        from raycat.core.device import pick_device, resolve_precision, use_cpu_threads
+
+        use_cpu_threads(spec.cpus)
+        self.spec = spec
+        self.card = model_card.ModelCard.parse(spec.card, spec.model)
+        self.device = pick_device(spec.gpu)
+        self.precision = resolve_precision("auto", self.device)
+        self.model = model_card.load(spec.model, self.card).to(self.device)
+        # Threads that wait on storage (not counted in the reservation: they are idle while waiting),
+        # and threads that decode (as many as the CPUs reserved).
+        self.io_pool = ThreadPoolExecutor(max_workers=IO_THREADS)
+        self.decode_pool = ThreadPoolExecutor(max_workers=spec.cpus) if self.device.type == "cpu" else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = [self.score_shard({"shard": s, "payload": p}) for s, p in zip(batch["shard"], batch["payload"],
+                                                                               strict=True)]
+        return {"shard": np.asarray([o["shard"] for o in out], dtype=object),
+                "summary": np.asarray([json.dumps(o) for o in out], dtype=object)}
+
+    def _read(self, path: str) -> tuple[bytes, str]:
+        try:
+            return storage.read_bytes(path), ""
+        except (OSError, storage.StorageError) as e:
+            return b"", f"unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+
+    def score_shard(self, row: dict) -> dict:
+        import torch
+
+        from raycat.core import metrics
+        from raycat.core.decode import decode_batch
+        from raycat.core.device import autocast, memory_format
+        from raycat.core.evaluate import view_probs
+        from raycat.core.tta import tta_views
+
+        shard, paths, labels, bad = shard_of(row)
+        spec, classes, k = self.spec, self.card.classes, len(self.card.classes)
+        # Views drawn from the shard's own seed: a rerun or a resumed run scores a shard identically.
+        gen = torch.Generator().manual_seed(zlib.crc32(shard.encode()))
+        views = tta_views(self.card.augment_spec(), spec.tta, gen)
+        fmt = memory_format(self.device, self.precision)
+
+        def forward(x):
+            with autocast(self.device, self.precision):
+                return self.model(x.contiguous(memory_format=fmt)).float()
+
+        skipped = list(bad)
+        kept_paths, kept_labels, probs = [], [], []
+        for lo in range(0, len(paths), spec.batch_size):
+            chunk = paths[lo:lo + spec.batch_size]
+            read = list(self.io_pool.map(self._read, chunk))
+            ok = [i for i, (_, err) in enumerate(read) if not err]
+            skipped += [(chunk[i], err) for i, (_, err) in enumerate(read) if err]
+            images, errors = decode_batch([read[i][0] for i in ok], self.card.size, self.device, self.decode_pool)
+            good = [i for i, e in zip(ok, errors, strict=True) if not e]
+            skipped += [(chunk[i], e) for i, e in zip(ok, errors, strict=True) if e]
+            if good:
+                probs.append(view_probs(forward, images, views, spec.tta_beta))
+                kept_paths += [chunk[i] for i in good]
+                kept_labels += [labels[lo + i] for i in good]
+        p = torch.cat(probs) if probs else torch.zeros(0, k)
+        y = torch.tensor(kept_labels, dtype=torch.long)
+        self._write_part(shard, kept_paths, y, p)
+        labelled = y >= 0
+        cm = metrics.confusion_matrix(p[labelled].argmax(1), y[labelled], k) if labelled.any() else None
+        pred = p.argmax(1) if len(p) else torch.zeros(0, dtype=torch.long)
+        summary = {
+            "shard": shard, "n_scored": len(kept_paths), "skipped": skipped,
+            "cm": cm.tolist() if cm is not None else None,
+            "top_losses": [[loss, kept_paths[i], classes[int(y[i])], classes[int(pred[i])], float(p[i, pred[i]])]
+                           for i, loss in metrics.top_losses(p, y, spec.top)],
+            "least_confident": [[conf, kept_paths[i], classes[int(y[i])] if y[i] >= 0 else None,
+                                 classes[int(pred[i])]] for i, conf in metrics.least_confident(p, spec.top)],
+        }
+        storage.write_text(summary_uri(spec.run, shard), json.dumps(summary))
+        return summary
+
+    def _write_part(self, shard: str, paths: list[str], y, p) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        classes = self.card.classes
+        pred = p.argmax(1).numpy() if len(p) else np.zeros(0, dtype=np.int64)
+        columns = {
+            "path": pa.array(paths, type=pa.string()),
+            "label": pa.array([classes[int(v)] if v >= 0 else None for v in y.tolist()], type=pa.string()),
+            "prediction": pa.array([classes[int(v)] for v in pred], type=pa.string()),
+            "confidence": pa.array(p.max(dim=1).values.numpy() if len(p) else [], type=pa.float32()),
+        }
+        for j, c in enumerate(classes):
+            columns[f"p_{c}"] = pa.array(p[:, j].numpy(), type=pa.float32())
+        buf = io.BytesIO()
+        pq.write_table(pa.table(columns), buf)
+        storage.write_bytes(part_uri(self.spec.run, shard), buf.getvalue())
