@@ -104,3 +104,20 @@ def test_the_first_points_of_a_sweep_never_set_the_rate():
     loss = [0.1] + loss[1:]
     assert lr_find.suggestion(lrs, lr_find.ema_smooth(loss)) > 1e-4
     assert lr_find.suggestion(lrs, lr_find.ema_smooth(loss), "steepest") > lrs[lr_find.SKIP_START - 1]
+
+
+def test_a_sweep_that_never_turns_up_is_not_read_as_a_minimum_at_its_end():
+    # A head on a few separable images: the raw loss falls to ~0 by lr 1e-2 and stays there, but the
+    # long EMA still creeps down at lr 10. minimum/10 would say 1.0 (it wrecked the head, issue 12).
+    n = 100
+    lrs = [1e-7 * (1e8) ** (i / (n - 1)) for i in range(n)]
+    raw = [0.8 / (1 + (lr / 3e-3) ** 2) + 1e-4 for lr in lrs]
+    smoothed = lr_find.ema_smooth(raw)
+    assert lr_find.never_turned_up(smoothed[lr_find.SKIP_START:])
+    pick = lr_find.suggestion(lrs, smoothed, "minimum", raw)
+    assert 3e-4 <= pick <= 3e-2, pick  # within a decade of where the raw loss falls fastest
+    assert lr_find.suggestion(lrs, smoothed, "minimum") < 1.0  # without the raw losses, still below the end
+    # A sweep that did turn up keeps the minimum rule.
+    lrs2, loss2 = synthetic_curve(valley_at=1e-2)
+    assert not lr_find.never_turned_up(loss2)
+    assert lr_find.suggestion(lrs2, loss2, "minimum", loss2) == pytest.approx(lrs2[int(np.argmin(loss2))] / 10)

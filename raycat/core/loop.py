@@ -82,9 +82,11 @@ class Loop:
     """Runs the recipe's units on one worker; `comm` keeps the workers in step."""
 
     def __init__(self, model: Classifier, data: RecipeData, comm, device: torch.device, precision: str,
-                 spec: AugmentSpec, optim: Optim, batch_size: int, log: Callable[[str], None] = print):
+                 spec: AugmentSpec, optim: Optim, batch_size: int, log: Callable[[str], None] = print,
+                 on_step: Callable[[str, int, int], None] | None = None):
         self.model, self.data, self.comm, self.device = model, data, comm, device
         self.precision, self.spec, self.optim, self.bs, self.log = precision, spec, optim, batch_size, log
+        self.on_step = on_step  # (what, step, steps): progress within an epoch, for whoever shows it
         self.gen = torch.Generator()
         self.first_step_at: float | None = None  # wall-clock time of the run's first optimizer step
         self._features: tuple[torch.Tensor, ...] | None = None
@@ -135,7 +137,7 @@ class Loop:
 
     # ---- units ---------------------------------------------------------------------------------
     def train_epoch(self, stage: Stage, lrs_at: Callable[[int], list[float]], first_step: int,
-                    steps: list[dict] | None) -> float:
+                    steps: list[dict] | None, label: str = "") -> float:
         """One epoch; `lrs_at(step)` gives every group's rate at a step counted from the start of
         the stage. Rank 0 appends one row per step to `steps` (steps.csv). Returns the mean loss,
         averaged over workers."""
@@ -147,6 +149,8 @@ class Loop:
                 g["lr"] = lr
             loss = self._step(net, opt, x, y)
             losses.append(loss)
+            if self.on_step is not None:
+                self.on_step(label or stage.name, i + 1, self.data.steps_per_epoch)
             if steps is not None and self.comm.rank == 0:
                 row = {"stage": stage.name, "step": first_step + i, "loss": loss}
                 row.update({f"lr_{g}": r for g, r in zip(GROUP_NAMES, lrs, strict=True)})
@@ -169,7 +173,7 @@ class Loop:
         lrs, losses, smoothed = lr_find.range_test(step, n)
         batches.drain()
         self.model.load_state_dict(snap)
-        suggested = min(1.0, max(1e-5, lr_find.suggestion(lrs, smoothed, rule)))
+        suggested = min(1.0, max(1e-5, lr_find.suggestion(lrs, smoothed, rule, losses)))
         return {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggestion": suggested, "steps": n}
 
     # ---- activations and evaluation ------------------------------------------------------------

@@ -113,12 +113,36 @@ SUGGESTIONS = {"minimum": suggest_minimum, "valley": suggest_valley, "steepest":
 SKIP_START = 10
 
 
-def suggestion(lrs: list[float], smoothed: list[float], rule: str = "minimum") -> float:
-    """The rate `rule` picks from a sweep (see the module docstring). A sweep whose every loss is NaN
-    (the model had already diverged) suggests its first rate rather than failing: the run goes on
-    and its valid loss, not a crash, tells the user (or Tune's scheduler) what happened."""
+# The minimum rule reads "one decade before the loss turns up"; a sweep whose smoothed loss is still
+# at its lowest in its last points never saw it turn up. That happens on tiny, separable data (a head
+# on a few dozen images' activations): the raw loss reaches ~0 by lr 1e-2, but the EMA (beta 0.98,
+# a 50-step window on a 100-step sweep) still creeps down at lr 10, so minimum/10 gave lr 1.0, which
+# wrecked the head (train loss 13) and then the unfrozen sweep (issue 12's blow-up). Such a sweep
+# takes fast.ai v2's valley on the raw losses smoothed over a 10-step window (beta 0.9), where the
+# descent is not smeared over half the sweep; never above what the minimum rule gives.
+TAIL = 0.05
+SHORT_BETA = 0.9
+
+
+def never_turned_up(smoothed: list[float]) -> bool:
+    """The lowest smoothed loss lies in the sweep's last 5% of points."""
+    lowest = min(range(len(smoothed)), key=smoothed.__getitem__)
+    return lowest >= len(smoothed) - max(1, int(TAIL * len(smoothed)))
+
+
+def suggestion(lrs: list[float], smoothed: list[float], rule: str = "minimum",
+               raw: list[float] | None = None) -> float:
+    """The rate `rule` picks from a sweep (see the module docstring); `raw` (the unsmoothed losses)
+    serves sweeps that never turned up. A sweep whose every loss is NaN (the model had already
+    diverged) suggests its first rate rather than failing: the run goes on and its valid loss, not a
+    crash, tells the user (or Tune's scheduler) what happened."""
     skip = min(SKIP_START, len(lrs) // 4)
     finite = [(lr, v) for lr, v in zip(lrs[skip:], smoothed[skip:], strict=True) if math.isfinite(v)]
     if not finite:
         return lrs[0]
-    return SUGGESTIONS[rule]([lr for lr, _ in finite], [v for _, v in finite])
+    xs, ys = [lr for lr, _ in finite], [v for _, v in finite]
+    if rule == "minimum" and len(ys) >= 3 and never_turned_up(ys):
+        short = ema_smooth(raw, SHORT_BETA)[skip:] if raw is not None else smoothed[skip:]
+        pts = [(lr, v) for lr, v in zip(lrs[skip:], short, strict=True) if math.isfinite(v)]
+        return min(suggest_valley([lr for lr, _ in pts], [v for _, v in pts]), suggest_minimum(xs, ys))
+    return SUGGESTIONS[rule](xs, ys)
