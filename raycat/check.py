@@ -17,6 +17,9 @@ def format_report(layout: DatasetLayout, good: dict[str, list[int]], skipped: li
     lines.append(f"{'total':<{width}}  " + "  ".join(f"{sum(good[s]):>7}" for s in splits))
     if len(layout.test):
         lines.append(f"test (unlabelled): {good.get('test', [len(layout.test)])[0]}")
+    if layout.bad:
+        lines.append(f"{len(layout.bad)} row(s) of the labels file could not be used, skipped:")
+        lines += [f"  {path}: {reason}" for path, reason in layout.bad]
     if skipped:
         lines.append(f"{len(skipped)} unreadable file(s), skipped:")
         lines += [f"  {path}: {reason}" for path, reason in skipped]
@@ -26,10 +29,10 @@ def format_report(layout: DatasetLayout, good: dict[str, list[int]], skipped: li
 
 
 def run_check(cfg: CheckConfig) -> int:
-    layout = scan_layout(cfg.data)  # LayoutError -> exit 2 before Ray starts
+    layout = scan_layout(cfg.data, cfg.labels, cfg.valid_pct, cfg.seed)  # LayoutError -> exit 2 before Ray
     from raycat import pipeline, ray_session
 
-    ray_session.connect(cfg.address)
+    ray_session.connect(cfg.address, cfg.verbose)
     good: dict[str, list[int]] = {}
     skipped: list[tuple[str, str]] = []
     for name in ("train", "valid", "test"):

@@ -28,6 +28,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("sgdr", "one_cycle")
 LR_SUGGESTIONS = ("minimum", "valley", "steepest")
 CACHE_MODES = ("auto", "memory", "stream")
+TRACKERS = ("none", "mlflow", "tensorboard")
 
 
 def arg(default: Any, help: str, positional: bool = False, choices: tuple | None = None) -> Any:
@@ -150,6 +151,7 @@ class Resources:
     cpus_per_worker: int = arg(0, "CPUs each worker reserves and runs threads on (0: the cluster's CPUs shared "
                                "out; on a local instance, cores / workers)")
     address: str | None = arg(None, "Ray cluster to join (default: $RAY_ADDRESS, else a local Ray instance)")
+    verbose: bool = arg(False, "show Ray's own logs and warnings too (by default they stay in Ray's log folder)")
 
     def __post_init__(self) -> None:
         _positive(self, "workers")
@@ -169,6 +171,15 @@ class TrainResources(Resources):
         _choice(self, "cache", CACHE_MODES)
 
 
+def _data_source(cfg: Any) -> None:
+    _check(cfg.valid_pct is None or 0 < cfg.valid_pct < 1, "valid_pct", f"must be in (0, 1), got {cfg.valid_pct}")
+
+
+LABELS_HELP = "a CSV of labels for a folder of images (columns id|fname|path, label, optional split|is_valid)"
+VALID_PCT_HELP = "a seeded, stratified validation split of this fraction, when DATA has no valid/ folder or the " \
+    "labels file no split column"
+
+
 def _require(cfg: Any, *names: str) -> None:
     for n in names:
         if not getattr(cfg, n):
@@ -182,11 +193,18 @@ class TrainConfig:
 
     data: str = arg("", "dataset folder or s3:// URI (train/<class>/, valid/<class>/)", positional=True)
     out: str = arg("", "output folder or s3:// URI")
+    labels: str | None = arg(None, LABELS_HELP)
+    valid_pct: float | None = arg(None, VALID_PCT_HELP)
+    tracking: str = arg("none", "log params, every epoch's metrics and the outputs: mlflow ($MLFLOW_TRACKING_URI; "
+                        "pip install 'raycat[mlflow]') or tensorboard (event files in OUT/tensorboard)",
+                        choices=TRACKERS)
     recipe: Recipe = part(Recipe)
     resources: TrainResources = part(TrainResources)
 
     def __post_init__(self) -> None:
         _require(self, "data", "out")
+        _choice(self, "tracking", TRACKERS)
+        _data_source(self)
 
 
 @dataclass
@@ -195,20 +213,27 @@ class TuneConfig:
 
     data: str = arg("", "dataset folder or s3:// URI", positional=True)
     out: str = arg("", "output folder or s3:// URI")
+    labels: str | None = arg(None, LABELS_HELP)
+    valid_pct: float | None = arg(None, VALID_PCT_HELP)
     samples: int = arg(8, "trials to run")
     max_concurrent: int = arg(0, "trials at once (0: as many as the cluster's resources allow)")
     space: str | None = arg(None, "JSON or YAML file overriding the search space")
+    tracking: str = arg("none", "log each trial: mlflow (Ray's MLflowLoggerCallback) or tensorboard (Ray's "
+                        "TBX logger, in OUT/tune/)", choices=TRACKERS)
     recipe: Recipe = part(Recipe)
     resources: TrainResources = part(TrainResources)
 
     def __post_init__(self) -> None:
         _require(self, "data", "out")
+        _choice(self, "tracking", TRACKERS)
+        _data_source(self)
         _positive(self, "samples")
         _non_negative(self, "max_concurrent")
 
     def trial(self, recipe: Recipe, out: str) -> TrainConfig:
         """One trial's `raycat train`: this sweep's data and resources, a sampled recipe."""
-        return TrainConfig(data=self.data, out=out, recipe=recipe, resources=self.resources)
+        return TrainConfig(data=self.data, out=out, labels=self.labels, valid_pct=self.valid_pct, recipe=recipe,
+                           resources=self.resources)
 
 
 @dataclass
@@ -242,11 +267,16 @@ class CheckConfig:
     """`raycat check DATA`."""
 
     data: str = arg("", "dataset folder or s3:// URI", positional=True)
+    labels: str | None = arg(None, LABELS_HELP)
+    valid_pct: float | None = arg(None, VALID_PCT_HELP)
+    seed: int = arg(0, "seed of the --valid-pct split")
     size: int = arg(64, "decode size used to test each image")
     address: str | None = arg(None, "Ray cluster to join (default: $RAY_ADDRESS, else local)")
+    verbose: bool = arg(False, "show Ray's own logs and warnings too")
 
     def __post_init__(self) -> None:
         _require(self, "data")
+        _data_source(self)
         _check(self.size >= 16, "size", f"must be at least 16 pixels, got {self.size}")
 
 
@@ -259,6 +289,7 @@ class DemoConfig:
     workers: int = arg(1, "Ray Train workers")
     seed: int = arg(0, "seed for the data and the model")
     address: str | None = arg(None, "Ray cluster to join (default: $RAY_ADDRESS, else local)")
+    verbose: bool = arg(False, "show Ray's own logs and warnings too")
 
     def __post_init__(self) -> None:
         _positive(self, "workers")

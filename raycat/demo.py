@@ -21,7 +21,7 @@ def demo_train_config(cfg: DemoConfig, data: str, out: str) -> TrainConfig:
     recipe = Recipe(arch="resnet18", weights="none", size=cfg.size, batch_size=32, seed=cfg.seed, unfrozen_cycles=3,
                     cycle_mult=2, patience=3, tta=4)
     return TrainConfig(data=data, out=out, recipe=recipe,
-                       resources=TrainResources(workers=cfg.workers, address=cfg.address))
+                       resources=TrainResources(workers=cfg.workers, address=cfg.address, verbose=cfg.verbose))
 
 
 def run_demo(cfg: DemoConfig) -> int:
@@ -35,7 +35,7 @@ def run_demo(cfg: DemoConfig) -> int:
         make_shapes_dataset(data, classes=DEMO_CLASSES, n_train=150, n_valid=40, n_test=40, seed=cfg.seed,
                             easy=True)
     print("\n== raycat check ==")
-    run_check(CheckConfig(data=data, size=cfg.size, address=cfg.address))
+    run_check(CheckConfig(data=data, size=cfg.size, address=cfg.address, verbose=cfg.verbose))
     print("\n== raycat lr-find ==")
     run_lr_find(demo_train_config(cfg, data, os.path.join(cfg.out, "lr_find")))
     print("\n== raycat train ==")
@@ -44,11 +44,11 @@ def run_demo(cfg: DemoConfig) -> int:
     print("\n== raycat predict (valid set, labelled, with TTA) ==")
     predict_out = os.path.join(cfg.out, "predict")
     run_predict(PredictConfig(model=os.path.join(train_out, "model"), images=[os.path.join(data, "valid")],
-                              out=predict_out, tta=4, resources=Resources(address=cfg.address)))
+                              out=predict_out, tta=4, resources=Resources(address=cfg.address, verbose=cfg.verbose)))
     print("\n== raycat predict (test set, unlabelled) ==")
     run_predict(PredictConfig(model=os.path.join(train_out, "model"), images=[os.path.join(data, "test")],
                               out=os.path.join(cfg.out, "predict_test"), tta=4,
-                              resources=Resources(address=cfg.address)))
+                              resources=Resources(address=cfg.address, verbose=cfg.verbose)))
     print(f"\nraycat demo: done in {time.time() - t0:.0f}s.")
     print(f"  dataset:        {data}")
     print(f"  lr_find curve:  {os.path.join(cfg.out, 'lr_find', 'lr_find.png')}")

@@ -49,6 +49,7 @@ class DatasetLayout:
     train: Split
     valid: Split
     test: Split
+    bad: list[tuple[str, str]] = field(default_factory=list)  # labels-file rows no image can come from
 
 
 def unsafe_class_names(classes: object) -> list[str]:
@@ -83,23 +84,41 @@ def _labelled_split(root: str, split: str) -> dict[str, list[str]]:
     return by_class
 
 
-def scan_layout(root: str) -> DatasetLayout:
-    """List a dataset's images and classes, or raise LayoutError saying what is wrong and where."""
+PATH_COLUMNS = ("path", "fname", "file", "filename", "image", "id")
+SPLIT_COLUMNS = ("split", "is_valid")
+
+
+def scan_layout(root: str, labels: str | None = None, valid_pct: float | None = None, seed: int = 0
+                ) -> DatasetLayout:
+    """List a dataset's images and classes, or raise LayoutError saying what is wrong and where.
+
+    Two layouts: class folders (DATA/train/<class>/, DATA/valid/<class>/), or a folder of images with
+    a labels file (`labels`: a CSV of `id|fname|path, label` and an optional `split` or `is_valid`
+    column, as fast.ai's from_csv reads). Without a valid/ folder or a split column, `valid_pct`
+    makes a seeded, stratified validation split. Rows a labels file can't use (a missing file, an
+    empty label) are listed in `bad`, not fatal.
+    """
     root = storage.absolute(root)  # listed paths are absolute: so is the root they are cut from
     if not storage.exists(root):
         raise LayoutError(f"{root}: no such folder")
-    missing = [s for s in ("train", "valid") if not storage.is_dir(storage.join(root, s))]
-    if missing:
+    if labels:
+        return _from_labels_file(root, labels, valid_pct, seed)
+    has_valid = storage.is_dir(storage.join(root, "valid"))
+    if not storage.is_dir(storage.join(root, "train")) or not (has_valid or valid_pct):
+        missing = [s for s in ("train", "valid") if not storage.is_dir(storage.join(root, s))]
         raise LayoutError(
             f"{root}: no {' and no '.join(m + '/' for m in missing)} folder; expected "
-            f"{root}/train/<class>/<image> and {root}/valid/<class>/<image>"
+            f"{root}/train/<class>/<image> and {root}/valid/<class>/<image> (or --valid-pct to split train/, "
+            "or --labels FILE for a folder of images and a CSV of labels)"
         )
+    if has_valid and valid_pct:
+        raise LayoutError(f"--valid-pct: {root} has a valid/ folder already; drop --valid-pct to use it")
     train = _labelled_split(root, "train")
-    valid = _labelled_split(root, "valid")
-    if not any(train.values()) and not any(valid.values()):
+    valid = _labelled_split(root, "valid") if has_valid else None
+    if not any(train.values()) and not (valid and any(valid.values())):
         raise LayoutError(f"{root}: no images found under train/ or valid/ (extensions: "
                           f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
-    if set(train) != set(valid):
+    if valid is not None and set(train) != set(valid):
         only_t = sorted(set(train) - set(valid))
         only_v = sorted(set(valid) - set(train))
         detail = "; ".join(
@@ -108,23 +127,16 @@ def scan_layout(root: str) -> DatasetLayout:
         )
         raise LayoutError(f"{root}: train/ and valid/ have different classes ({detail})")
     classes = sorted(train)
-    if len(classes) < 2:
-        only = classes[0] if classes else "none"
-        raise LayoutError(f"{root}: only one class ({only}); a classifier needs at least two")
-    for split_name, split in (("train", train), ("valid", valid)):
-        for c in classes:
+    _two_classes(root, classes)
+    for split_name, split in (("train", train), ("valid", valid or {})):
+        for c in classes if split_name == "train" or valid is not None else []:
             if not split[c]:
                 raise LayoutError(f"{storage.join(root, split_name, c)}: empty class folder (no images)")
-    index = {c: i for i, c in enumerate(classes)}
-
-    def to_split(by_class: dict[str, list[str]]) -> Split:
-        s = Split()
-        for c in classes:
-            for uri in sorted(by_class[c]):
-                s.paths.append(uri)
-                s.labels.append(index[c])
-        return s
-
+    items = [(uri, c) for c in classes for uri in sorted(train[c])]
+    if valid is None:
+        train_items, valid_items = stratified_split(items, valid_pct, seed)
+    else:
+        train_items, valid_items = items, [(uri, c) for c in classes for uri in sorted(valid[c])]
     test = Split()
     test_root = storage.join(root, "test")
     if storage.is_dir(test_root):
@@ -132,4 +144,103 @@ def scan_layout(root: str) -> DatasetLayout:
             if is_image_name(uri):
                 test.paths.append(uri)
                 test.labels.append(-1)
-    return DatasetLayout(root=root, classes=classes, train=to_split(train), valid=to_split(valid), test=test)
+    return DatasetLayout(root=root, classes=classes, train=_split(train_items, classes),
+                         valid=_split(valid_items, classes), test=test)
+
+
+def _two_classes(root: str, classes: list[str]) -> None:
+    if len(classes) < 2:
+        only = classes[0] if classes else "none"
+        raise LayoutError(f"{root}: only one class ({only}); a classifier needs at least two")
+
+
+def _split(items: list[tuple[str, str]], classes: list[str]) -> Split:
+    index = {c: i for i, c in enumerate(classes)}
+    s = Split()
+    for uri, c in items:
+        s.paths.append(uri)
+        s.labels.append(index[c])
+    return s
+
+
+def stratified_split(items: list[tuple[str, str]], valid_pct: float, seed: int
+                     ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(train, valid): `valid_pct` of each class's items to valid, drawn with `seed` (at least one of
+    a class with two or more), the rest to train; each part in the items' order."""
+    import random
+
+    rng = random.Random(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, (_, c) in enumerate(items):
+        by_class.setdefault(c, []).append(i)
+    to_valid: set[int] = set()
+    for c in sorted(by_class):
+        idx = by_class[c]
+        k = round(len(idx) * valid_pct)
+        k = max(1 if len(idx) >= 2 else 0, min(len(idx) - 1, k))
+        to_valid.update(rng.sample(idx, k))
+    return ([it for i, it in enumerate(items) if i not in to_valid],
+            [it for i, it in enumerate(items) if i in to_valid])
+
+
+def _from_labels_file(root: str, labels: str, valid_pct: float | None, seed: int) -> DatasetLayout:
+    import csv
+    import io
+    import posixpath
+
+    try:
+        text = storage.read_text(labels)
+    except FileNotFoundError:
+        raise LayoutError(f"--labels {labels}: no such file") from None
+    rows = list(csv.DictReader(io.StringIO(text)))
+    header = [h.strip() for h in (rows[0].keys() if rows else [])]
+    path_col = next((c for c in PATH_COLUMNS if c in header), None)
+    label_col = "label" if "label" in header else None
+    if not rows or path_col is None or label_col is None:
+        raise LayoutError(f"--labels {labels}: needs a header with an image column ({' | '.join(PATH_COLUMNS)}) "
+                          f"and a label column; it has {', '.join(header) or 'nothing'}")
+    split_col = next((c for c in SPLIT_COLUMNS if c in header), None)
+    if split_col is None and not valid_pct:
+        raise LayoutError(f"--labels {labels}: no split or is_valid column; add --valid-pct P to split it")
+    # The images under DATA, by their path relative to it and by that path without its extension
+    # (Kaggle's id column names files without one).
+    files: dict[str, str] = {}
+    for uri in storage.list_files(root):
+        if is_image_name(uri):
+            rel = "/".join(storage.relative_parts(root, uri))
+            files[rel] = uri
+            files.setdefault(posixpath.splitext(rel)[0], uri)
+    bad: list[tuple[str, str]] = []
+    train_items, valid_items, plain = [], [], []
+    for n, row in enumerate(rows, start=2):  # line numbers as an editor shows them (the header is 1)
+        name, label = (row.get(path_col) or "").strip(), (row.get(label_col) or "").strip()
+        where = f"{labels} line {n}"
+        if not name:
+            bad.append((where, "no image named"))
+            continue
+        uri = files.get(name.lstrip("/"))
+        if uri is None:
+            bad.append((storage.join(root, name), f"listed in {where} but not found under DATA"))
+            continue
+        if not label:
+            bad.append((uri, f"empty label ({where})"))
+            continue
+        if split_col is None:
+            plain.append((uri, label))
+            continue
+        value = (row.get(split_col) or "").strip().lower()
+        if value in ("valid", "validation", "true", "1", "yes"):
+            valid_items.append((uri, label))
+        elif value in ("train", "training", "false", "0", "no"):
+            train_items.append((uri, label))
+        else:
+            bad.append((uri, f"{split_col} {value!r} is not train or valid ({where})"))
+    if split_col is None:
+        train_items, valid_items = stratified_split(plain, valid_pct, seed)
+    classes = sorted({c for _, c in train_items + valid_items})
+    _two_classes(root, classes)
+    if not train_items or not valid_items:
+        raise LayoutError(f"--labels {labels}: no {'train' if not train_items else 'valid'} images left "
+                          f"({len(bad)} rows could not be used)")
+    return DatasetLayout(root=root, classes=classes, train=_split(train_items, classes),
+                         valid=_split(valid_items, classes), test=Split(), bad=bad)

@@ -12,7 +12,16 @@ from dataclasses import asdict, dataclass
 from raycat import __version__, storage
 from raycat.errors import BadInput
 
-CARD, WEIGHTS = "model.json", "weights.pt"
+CARD, WEIGHTS, EXPORTED = "model.json", "weights.pt", "model.pt2"
+# How to call model.pt2, written into model.json: it needs torch only, not raycat.
+EXPORTED_USAGE = {
+    "file": EXPORTED,
+    "format": "torch.export (torch >= 2.5): ep = torch.export.load(path); model = ep.module()",
+    "input": "uint8 tensor (N, H, W, 3), RGB, H = W = size: as PIL and numpy give images; resize the short "
+             "side to size and centre-crop first",
+    "output": "float32 tensor (N, classes): class probabilities, in the order of `classes`",
+    "device": "exported on the CPU; for CUDA: torch.export.passes.move_to_device_pass(ep, 'cuda')",
+}
 
 
 class ModelError(BadInput):
@@ -31,6 +40,7 @@ class ModelCard:
     aug: str = "side_on"
     max_zoom: float = 1.1
     raycat_version: str = __version__
+    exported: dict | None = None  # how to call model.pt2 (EXPORTED_USAGE), when there is one
 
     @classmethod
     def parse(cls, data: dict, where: str) -> "ModelCard":
@@ -44,7 +54,8 @@ class ModelCard:
                        mean=[float(v) for v in data.get("mean", IMAGENET_MEAN)],
                        std=[float(v) for v in data.get("std", IMAGENET_STD)],
                        stem=data.get("stem", "imagenet"), aug=data.get("aug", "side_on"),
-                       max_zoom=float(data.get("max_zoom", 1.1)), raycat_version=str(data.get("raycat_version", "")))
+                       max_zoom=float(data.get("max_zoom", 1.1)), raycat_version=str(data.get("raycat_version", "")),
+                       exported=data.get("exported"))
             bad = unsafe_class_names(data["classes"])
             if bad:
                 raise ValueError(f"classes must be distinct folder names, not {', '.join(bad)}")
@@ -70,18 +81,65 @@ class ModelCard:
         return asdict(self)
 
 
-def write(out: str, state_dict: dict, card: ModelCard) -> None:
-    """OUT/model/weights.pt and OUT/model/model.json.
+def write(out: str, state_dict: dict, card: ModelCard, export: bool = True) -> None:
+    """OUT/model/weights.pt, OUT/model/model.pt2 (the model as a program that needs torch only) and
+    OUT/model/model.json.
 
-    The weights go first: model.json is what marks a folder as a raycat model, so a crash between
-    the two leaves a folder that is not mistaken for a complete model.
+    The weights and the program go first: model.json is what marks a folder as a raycat model, so
+    a crash between them leaves a folder that is not mistaken for a complete model.
     """
+    import dataclasses
+
     import torch
 
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
     storage.write_bytes(storage.join(out, "model", WEIGHTS), buf.getvalue())
+    if export:
+        storage.write_bytes(storage.join(out, "model", EXPORTED), exported_program(state_dict, card))
+        card = dataclasses.replace(card, exported=EXPORTED_USAGE)
     storage.write_text(storage.join(out, "model", CARD), json.dumps(card.to_json(), indent=2, sort_keys=True) + "\n")
+
+
+class Standalone:
+    """Builds the module model.pt2 holds: uint8 (N, H, W, 3) in, probabilities out, the card's
+    normalisation inside, so a caller needs nothing of raycat's."""
+
+    @staticmethod
+    def module(model, card: ModelCard):
+        import torch
+
+        class Probabilities(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+                self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(card.std).view(1, 3, 1, 1)))
+                self.register_buffer("shift", torch.tensor(card.mean).view(1, 3, 1, 1) / torch.tensor(card.std).view(
+                    1, 3, 1, 1))
+
+            def forward(self, x):
+                x = x.permute(0, 3, 1, 2).float() * self.scale - self.shift
+                return torch.softmax(self.model(x), dim=1)
+
+        return Probabilities().eval()
+
+
+def exported_program(state_dict: dict, card: ModelCard) -> bytes:
+    """model.pt2's bytes: the classifier with its weights, exported by torch.export with a dynamic
+    batch dimension."""
+    import torch
+
+    from raycat.core.model import create_model
+
+    model = create_model(card.arch, len(card.classes), stem=card.stem)
+    model.load_state_dict({k: v.detach().cpu() for k, v in state_dict.items()})
+    module = Standalone.module(model.eval(), card)
+    example = torch.zeros(2, card.size, card.size, 3, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.export.export(module, (example,), dynamic_shapes={"x": {0: batch}})
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    return buf.getvalue()
 
 
 def find(model: str) -> tuple[str, ModelCard]:

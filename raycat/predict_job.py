@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ GRIDS = {  # file stem -> (what it shows, which summary list feeds it)
     "most_uncertain": "the least confident predictions (labelled images)",
     "least_confident": "the least confident predictions",
 }
+PROGRESS_EVERY_S = 10.0  # seconds between progress lines when stdout is not a terminal
 PER_RUN_FILES = ["confusion_matrix.csv", "confusion_matrix.png", "most_confused.csv", "skipped.csv",
                  *[f"{g}.{ext}" for g in GRIDS for ext in ("png", "csv")]]
 
@@ -105,7 +107,7 @@ def run_predict(cfg: PredictConfig) -> int:
     from raycat import ray_session
     from raycat.scoring import Scorer
 
-    ray_session.connect(cfg.resources.address)
+    ray_session.connect(cfg.resources.address, cfg.resources.verbose)
     res = cfg.resources
     cpus = ray_session.worker_cpus(res.cpus_per_worker, res.workers, res.gpu, ray_session.node_cpus())
     run = storage.join(cfg.out, RUN_DIR)
@@ -126,10 +128,13 @@ def run_predict(cfg: PredictConfig) -> int:
     for shard in sorted(done):
         tally.add(json.loads(storage.read_text(summary_uri(run, shard))))
     tally.resumed_shards, tally.resumed_images = tally.shards, tally.n_images + len(tally.skipped)
-    first = None
+    first, said = None, time.time()
     for row in scored.iter_rows():
         first = first or time.time() - t0
         tally.add(json.loads(row["summary"]))
+        if not sys.stdout.isatty() and time.time() - said > PROGRESS_EVERY_S:  # a terminal has Ray's bars
+            said = time.time()
+            print(f"raycat predict: {tally.shards} shards scored ({tally.n_images} images)", flush=True)
     if tally.n_images == 0 and not tally.skipped:
         raise PredictInputError(f"IMAGES {cfg.images[0]}: no images found (extensions: jpg, jpeg, png, bmp, gif, "
                                 "webp, tif, tiff)")

@@ -10,13 +10,31 @@ consumer's figures, and reserving a core for them would leave it idle.
 from __future__ import annotations
 
 import os
+import sys
 
 
 def local_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def connect(address: str | None = None) -> None:
+def quiet(verbose: bool) -> None:
+    """Ray's own chatter off the console (it stays in Ray's log folder), unless `verbose`."""
+    import logging
+    import warnings
+
+    if verbose:
+        return
+    # Set before Ray starts: the raylet and every worker inherit them.
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # execution-start/finished lines, progress logs
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", module=r"ray\..*")
+
+
+def connect(address: str | None = None, verbose: bool = False) -> None:
     """Join `address` (or $RAY_ADDRESS) if given, else start a local Ray instance.
 
     The local instance runs the dashboard: Ray Train's placement-group cleaner asks its State API
@@ -26,17 +44,23 @@ def connect(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    quiet(verbose)
+    # Workers' and actors' output reaches this console only with --verbose: raycat's own lines come
+    # through console.Relay; the rest is in Ray's log folder.
+    level = "INFO" if verbose else "ERROR"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=verbose, logging_level=level)
     else:
-        ray.init(num_cpus=local_cpus(), include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
-                 configure_logging=True, logging_level="WARNING")
+        ray.init(num_cpus=local_cpus(), include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=verbose,
+                 configure_logging=True, logging_level=level)
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    # Progress bars stay; the plan printed at the start of every dataset execution does not.
+    # Progress bars stay in a terminal (elsewhere raycat prints a line per stage); the plan printed
+    # at the start of every dataset execution does not.
     ctx.print_on_execution_start = False
+    ctx.enable_progress_bars = verbose or sys.stderr.isatty()
     # A task's own error (raycat's StorageError naming a URI, say) reaches the driver as raised, not
     # wrapped in Ray Data's UserCodeException.
     ctx.raise_original_map_exception = True

@@ -65,12 +65,14 @@ def run_config(out: str, name: str, callbacks=None):
     )
 
 
-def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable: bool = True) -> FitResult:
+def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable: bool = True,
+        on_epoch=None) -> FitResult:
     """Everything up to the final checkpoint. Inputs, OUT and --weights are checked before any
-    cluster time is spent. `resumable=False` (tune's trials) leaves resuming to Tune."""
+    cluster time is spent. `resumable=False` (tune's trials) leaves resuming to Tune. `on_epoch(row,
+    i)` sees each epoch's row as it ends (a tracker)."""
     started_at = time.time()
     recipe, res = cfg.recipe.resolved(), cfg.resources
-    layout = scan_layout(cfg.data)
+    layout = scan_layout(cfg.data, cfg.labels, cfg.valid_pct, recipe.seed)
     outputs.check_writable(cfg.out)
     import torch
 
@@ -92,10 +94,10 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raycat import pipeline, ray_session
+    from raycat import console, pipeline, ray_session
     from raycat.train_worker import WorkerPlan, load_result, steps_per_epoch, train_loop
 
-    ray_session.connect(res.address)
+    ray_session.connect(res.address, res.verbose)
     ray_up_at = time.time()
     cpus = ray_session.worker_cpus(res.cpus_per_worker, res.workers, res.gpu, ray_session.node_cpus())
     memory = ray.available_resources().get("memory", 0.0) / res.workers
@@ -112,6 +114,8 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
                       steps_per_epoch=steps_per_epoch(len(layout.train), res.workers, recipe.batch_size),
                       gpu=res.gpu, cache=cache, cpus=cpus, precision=recipe.precision, valid=valid,
                       only_lr_find=only_lr_find)
+    relay = console.Relay(on_epoch=on_epoch)
+    plan.console = relay.queue
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=plan,
@@ -124,14 +128,18 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
         dataset_config=DataConfig(datasets_to_split=["train"],
                                   execution_options=ray.data.ExecutionOptions(preserve_order=True)),
     )
-    result = load_result(trainer.fit().checkpoint)
+    try:
+        result = load_result(trainer.fit().checkpoint)
+    finally:
+        relay.close()
     if result is None:
         raise RuntimeError("training ended without a checkpoint")
+    result.skipped = sorted(set(result.skipped) | set(layout.bad))  # rows the labels file could not use
     return FitResult(result=result, classes=layout.classes, cache=cache, cpus_per_worker=cpus, started_at=started_at,
                      ray_up_at=ray_up_at)
 
 
-def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> None:
+def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dict:
     from raycat import __version__, plots
     from raycat.core.augment import IMAGENET_MEAN, IMAGENET_STD
     from raycat.core.schedules import GROUP_NAMES
@@ -153,7 +161,7 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> Non
         outputs.write_skipped(out, fitted.result.skipped)
 
     stale = [] if "lr_find_unfrozen" in state.lr_finds else ["lr_find_unfrozen.csv", "lr_find_unfrozen.png"]
-    outputs.write_run(out, write_files, {
+    metrics = {
         "valid_accuracy": f["valid_accuracy"],
         "valid_loss": f["valid_loss"],
         "valid_accuracy_tta": f["valid_accuracy_tta"],
@@ -182,14 +190,23 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> Non
         "n_skipped": len(fitted.result.skipped),
         "raycat_version": __version__,
         **extra,
-    }, stale=stale)
+    }
+    outputs.write_run(out, write_files, metrics, stale=stale)
+    return metrics
 
 
 def run_train(cfg: TrainConfig) -> int:
+    from raycat import tracking
+    from raycat.config import to_dict
+
     t0 = time.time()
-    fitted = fit(cfg)
-    write_train_outputs(cfg, fitted, {})
+    tracking.require(cfg.tracking)
+    tracker = tracking.tracker(cfg.tracking, cfg.out, to_dict(cfg.recipe), run_name=storage.basename(cfg.out))
+    fitted = fit(cfg, on_epoch=tracker.log_epoch)
+    metrics = write_train_outputs(cfg, fitted, {})
     resume.mark_finished(cfg, fitted.classes)
+    tracker.log_metrics(metrics)
+    tracker.finish(cfg.out)
     f = fitted.result.state.final
     print(f"raycat train: valid accuracy {f['valid_accuracy']:.4f} (TTA {f['valid_accuracy_tta']:.4f}) after "
           f"{f['epochs']} epochs in {time.time() - t0:.0f}s; outputs in {cfg.out}")

@@ -46,6 +46,7 @@ class WorkerPlan:
     precision: str  # auto | fp32 | bf16
     valid: list = field(default_factory=list)  # one Ray dataset of valid files per rank
     only_lr_find: bool = False
+    console: object = None  # the driver's console queue (console.Relay): where rank 0's lines go
 
 
 @dataclass
@@ -183,6 +184,7 @@ def train_loop(plan: WorkerPlan) -> None:
     import ray.train
     import ray.train.torch
 
+    from raycat import console
     from raycat.core import recipe as core_recipe
     from raycat.core.comm import LocalComm, TorchComm
     from raycat.core.device import resolve_precision, use_cpu_threads
@@ -230,6 +232,17 @@ def train_loop(plan: WorkerPlan) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
     state = previous.state if previous else RecipeState()
-    log = print if rank == 0 else (lambda *_: None)
-    core_recipe.run(r, model, data, comm, device, state, checkpoint, log, plan.only_lr_find,
-                    resolve_precision(r.precision, device))
+    if plan.console is not None and rank == 0:
+        log, progress, epoch_row = console.sender(plan.console)
+    else:
+        log, progress, epoch_row = (print if rank == 0 else (lambda _: None)), (lambda _: None), (lambda _: None)
+    sent = [len(state.history)]  # epochs already told (a resumed run told the earlier ones before)
+
+    def checkpoint_and_tell(s: RecipeState) -> None:
+        for row in s.history[sent[0]:]:
+            epoch_row(row)
+        sent[0] = len(s.history)
+        checkpoint(s)
+
+    core_recipe.run(r, model, data, comm, device, state, checkpoint_and_tell, log, plan.only_lr_find,
+                    resolve_precision(r.precision, device), console.throttled(progress))

@@ -74,7 +74,10 @@ def trial_status(result, recipe: Recipe) -> str:
 
 
 def run_tune(cfg: TuneConfig) -> int:
-    layout = scan_layout(cfg.data)  # layout errors: exit 2 before any cluster time
+    from raycat import tracking
+
+    tracking.require(cfg.tracking)
+    layout = scan_layout(cfg.data, cfg.labels, cfg.valid_pct, cfg.recipe.seed)  # errors: exit 2, before Ray
     space = load_space(cfg.space)
     outputs.check_writable(cfg.out)
     from raycat.core.model import create_model
@@ -90,7 +93,7 @@ def run_tune(cfg: TuneConfig) -> int:
 
     from raycat import ray_session
 
-    ray_session.connect(cfg.resources.address)
+    ray_session.connect(cfg.resources.address, cfg.resources.verbose)
     _keep_credentials_out_of_runtime_envs()
     res = ray.cluster_resources()
     cpus = ray_session.worker_cpus(cfg.resources.cpus_per_worker, cfg.resources.workers, cfg.resources.gpu,
@@ -122,7 +125,8 @@ def run_tune(cfg: TuneConfig) -> int:
             tune_config=tune.TuneConfig(num_samples=cfg.samples, scheduler=scheduler,
                                         max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name="tune", storage_path=path,
-                                      storage_filesystem=fs if storage.is_s3(cfg.out) else None, verbose=1),
+                                      storage_filesystem=fs if storage.is_s3(cfg.out) else None, verbose=1,
+                                      callbacks=tracking.tune_callbacks(cfg.tracking)),
         )
     grid = tuner.fit()
     return write_tune_outputs(cfg, grid, space)

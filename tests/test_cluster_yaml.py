@@ -50,3 +50,52 @@ def test_setup_installs_raycat_and_starts_ray():
     assert "." in c["file_mounts"].values()
     assert any(cmd.startswith("ray start --head") for cmd in c["head_start_ray_commands"])
     assert any("ray start --address=$RAY_HEAD_IP" in cmd for cmd in c["worker_start_ray_commands"])
+
+
+# ---- k8s/rayjob.yaml: the same cluster as a KubeRay RayJob ------------------------------------
+
+def rayjob():
+    with open(os.path.join(ROOT, "k8s", "rayjob.yaml")) as f:
+        return yaml.safe_load(f)
+
+
+def test_the_rayjob_is_a_kuberay_job_that_cleans_up_after_itself():
+    j = rayjob()
+    assert j["apiVersion"] == "ray.io/v1" and j["kind"] == "RayJob"
+    spec = j["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+    assert spec["rayClusterSpec"]["rayVersion"] == pinned_ray()
+
+
+def test_the_rayjob_matches_cluster_yaml_images_and_resources():
+    c, spec = load(), rayjob()["spec"]["rayClusterSpec"]
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"] == c["docker"]["head_image"]
+    head_type = c["available_node_types"][c["head_node_type"]]
+    assert int(head["resources"]["limits"]["cpu"]) == head_type["resources"]["CPU"]
+    assert "nvidia.com/gpu" not in head["resources"]["limits"]
+    gpu_types = {(t["resources"]["CPU"], t["resources"]["GPU"]) for t in c["available_node_types"].values()
+                 if t["resources"].get("GPU", 0) > 0}
+    for group in spec["workerGroupSpecs"]:
+        worker = group["template"]["spec"]["containers"][0]
+        assert worker["image"] == c["docker"]["image"]
+        limits = worker["resources"]["limits"]
+        assert (int(limits["cpu"]), int(limits["nvidia.com/gpu"])) in gpu_types
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+
+def test_the_rayjob_pins_raycat_s_torch_and_its_entrypoint_parses_with_raycat_s_cli():
+    import shlex
+
+    from raycat.cli import parse_config
+
+    spec = rayjob()["spec"]
+    env = yaml.safe_load(spec["runtimeEnvYAML"])
+    pyproject = open(os.path.join(ROOT, "pyproject.toml")).read()
+    for pin in ("torch==", "torchvision=="):
+        pinned = re.search(rf'"({re.escape(pin)}[0-9.]+)"', pyproject).group(1)
+        assert pinned in env["pip"], pinned
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[:2] == ["python", "jobs/train.py"] and os.path.exists(os.path.join(ROOT, argv[1]))
+    command, cfg = parse_config(["train", *argv[2:]])
+    assert command == "train" and cfg.resources.gpu and cfg.data.startswith("s3://") and cfg.out.startswith("s3://")

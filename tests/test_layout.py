@@ -76,3 +76,46 @@ def test_a_relative_root_reads_like_an_absolute_one(tmp_path, monkeypatch):
     assert lay.classes == ["cat", "dog"] and lay.train.labels == [0, 1]
     assert [y for _, y in listed("d/valid", ["cat", "dog"])] == [0, 1]
     assert [y for _, y in listed("./d/valid/", ["cat", "dog"])] == [0, 1]
+
+
+# ---- a folder of images and a labels file; --valid-pct ------------------------------------------
+
+def test_a_labels_csv_with_a_split_column_and_kaggle_ids_without_extensions(tmp_path):
+    make(tmp_path, ["imgs/a.jpg", "imgs/b.jpg", "imgs/c.png", "imgs/d.jpg", "imgs/e.jpg"])
+    (tmp_path / "labels.csv").write_text("id,label,is_valid\nimgs/a,cat,0\nimgs/b.jpg,dog,False\n"
+                                         "imgs/c,cat,1\nimgs/d,dog,true\nimgs/gone,cat,0\nimgs/e,,0\n")
+    lay = scan_layout(str(tmp_path), labels=str(tmp_path / "labels.csv"))
+    assert lay.classes == ["cat", "dog"]
+    name = lambda s: [os.path.basename(p) for p in s.paths]  # noqa: E731
+    assert name(lay.train) == ["a.jpg", "b.jpg"] and lay.train.labels == [0, 1]
+    assert name(lay.valid) == ["c.png", "d.jpg"] and lay.valid.labels == [0, 1]
+    reasons = sorted(r for _, r in lay.bad)
+    assert len(lay.bad) == 2 and "empty label" in reasons[0] and "not found under DATA" in reasons[1]
+
+
+def test_valid_pct_makes_a_seeded_stratified_split(tmp_path):
+    files = [f"train/{c}/{i}.jpg" for c in ("cat", "dog") for i in range(10)]
+    make(tmp_path, files)
+    a = scan_layout(str(tmp_path), valid_pct=0.2, seed=3)
+    b = scan_layout(str(tmp_path), valid_pct=0.2, seed=3)
+    c = scan_layout(str(tmp_path), valid_pct=0.2, seed=4)
+    assert a.valid.paths == b.valid.paths and a.valid.paths != c.valid.paths  # seeded
+    assert a.valid.counts(2) == [2, 2] and a.train.counts(2) == [8, 8]  # stratified: 20% of each class
+    assert not set(a.valid.paths) & set(a.train.paths)
+    with pytest.raises(LayoutError, match="--valid-pct"):
+        make(tmp_path, ["valid/cat/x.jpg", "valid/dog/y.jpg"])
+        scan_layout(str(tmp_path), valid_pct=0.2)
+
+
+def test_a_labels_file_without_a_split_needs_valid_pct_and_one_without_columns_is_refused(tmp_path):
+    make(tmp_path, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    (tmp_path / "labels.csv").write_text("fname,label\na.jpg,x\nb.jpg,x\nc.jpg,y\nd.jpg,y\n")
+    with pytest.raises(LayoutError, match="no split or is_valid column; add --valid-pct"):
+        scan_layout(str(tmp_path), labels=str(tmp_path / "labels.csv"))
+    lay = scan_layout(str(tmp_path), labels=str(tmp_path / "labels.csv"), valid_pct=0.5)
+    assert lay.valid.counts(2) == [1, 1] and lay.train.counts(2) == [1, 1]
+    (tmp_path / "bad.csv").write_text("picture,class\na.jpg,x\n")
+    with pytest.raises(LayoutError, match="needs a header with an image column"):
+        scan_layout(str(tmp_path), labels=str(tmp_path / "bad.csv"))
+    with pytest.raises(LayoutError, match="--labels .*missing.csv: no such file"):
+        scan_layout(str(tmp_path), labels=str(tmp_path / "missing.csv"))

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -148,3 +150,38 @@ def test_features_are_what_the_head_consumes():
     model = create_model("resnet18", 3).eval()
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32))
     assert torch.allclose(model.head(model.features(x)), model(x))
+
+
+def test_the_exported_model_scores_without_raycat_as_raycat_does(tmp_path):
+    """model.pt2 takes uint8 (N, H, W, 3) and gives raycat's probabilities, loaded in a process where
+    raycat can't be imported."""
+    import json
+    import subprocess
+    import sys
+
+    from raycat import model_card
+    from raycat.core.augment import IMAGENET_MEAN, IMAGENET_STD
+    from raycat.core.evaluate import view_probs
+    from raycat.core.tta import tta_views
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", 3, stem="small_pool").eval()
+    card = model_card.ModelCard(arch="resnet18", classes=["a", "b", "c"], size=32, mean=list(IMAGENET_MEAN),
+                                std=list(IMAGENET_STD), stem="small_pool")
+    model_card.write(str(tmp_path), model.state_dict(), card)
+    folder, read = model_card.find(str(tmp_path))
+    assert read.exported["file"] == "model.pt2" and "uint8" in read.exported["input"]
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8))
+    np.save(tmp_path / "x.npy", images.numpy())
+    ours = view_probs(model, images.permute(0, 3, 1, 2), tta_views(card.augment_spec(), 0, torch.Generator()))
+    code = ("import sys, json, numpy, torch\n"
+            "sys.modules['raycat'] = None  # any import of raycat now fails\n"
+            f"p = torch.export.load({str(tmp_path / 'model' / 'model.pt2')!r}).module()("
+            f"torch.from_numpy(numpy.load({str(tmp_path / 'x.npy')!r})))\n"
+            "print(json.dumps(p.tolist()))\n"
+            "assert not any(m.startswith('raycat.') for m in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    theirs = torch.tensor(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert theirs.shape == (5, 3) and torch.allclose(theirs, ours, atol=1e-5)

@@ -29,7 +29,8 @@ def test_every_contract_output_is_written(trained):
     if os.path.exists(CHECK_OUTPUTS):
         r = subprocess.run([sys.executable, CHECK_OUTPUTS, "train", trained], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
-    for name in ["model/weights.pt", "model/model.json", "history.csv", "history.png", "steps.csv", "lr_find.csv",
+    for name in ["model/weights.pt", "model/model.json", "model/model.pt2", "history.csv", "history.png",
+                 "steps.csv", "lr_find.csv",
                  "lr_find.png", "lr_find_unfrozen.csv", "lr_find_unfrozen.png", "metrics.json",
                  "confusion_matrix.csv", "confusion_matrix.png"]:
         assert os.path.getsize(os.path.join(trained, name)) > 0, name

@@ -98,7 +98,8 @@ def table_row(row: dict) -> str:
 
 def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch.device,
         state: RecipeState | None = None, checkpoint: Callable[[RecipeState], None] = lambda s: None,
-        log: Callable[[str], None] = print, only_lr_find: bool = False, precision: str = "fp32") -> RecipeState:
+        log: Callable[[str], None] = print, only_lr_find: bool = False, precision: str = "fp32",
+        on_step: Callable[[str, int, int], None] | None = None) -> RecipeState:
     """Run the recipe's units not yet in `state` on this worker, checkpointing after each."""
     r = recipe.resolved()
     state = state or RecipeState()
@@ -106,7 +107,8 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
     if state.model_state is not None:
         model.load_state_dict(state.model_state)
     optim = Optim(r.momentum, r.weight_decay, r.nesterov, r.label_smoothing)
-    loop = Loop(model, data, comm, device, precision, AugmentSpec(r.aug, r.max_zoom), optim, r.batch_size, log)
+    loop = Loop(model, data, comm, device, precision, AugmentSpec(r.aug, r.max_zoom), optim, r.batch_size, log,
+                on_step if comm.rank == 0 else None)
     units = plan(r, only_lr_find)
     if state.units_done >= len(units):
         checkpoint(state)  # nothing left to run: report the final state again for whoever listens
@@ -168,7 +170,7 @@ def _epoch(loop: Loop, r: Recipe, state: RecipeState, stage: Stage, epoch: int, 
         head_lr = lambda step: sgdr_lr(lr, min(step, (epoch + 1) * spe - 1), spe, 1, 1)
     t0 = time.time()
     train_loss = loop.train_epoch(stage, lambda step: group_lrs(head_lr(step), r.lr_mult, stage.frozen),
-                                  epoch * spe, state.steps)
+                                  epoch * spe, state.steps, f"{stage.name} {epoch + 1}")
     t1 = time.time()
     probs, labels = loop.valid(stage)
     valid_loss, acc = metrics.nll_of_probs(probs, labels), metrics.accuracy(probs, labels)

@@ -1,0 +1,112 @@
+"""What the user sees: raycat's own lines, printed once, by the driver, wherever they come from.
+
+Train workers (and scoring actors) don't print: they put their lines on a queue that the driver
+relays to its own stdout, so the epoch table appears once, without Ray's `(RayTrainWorker pid=...)`
+prefix and without the second copy Ray Train's print patch makes. Within an epoch, a worker sends
+progress every few seconds; in a terminal the driver shows it on one line that the next row
+replaces, elsewhere (a log file) it shows the rows alone.
+
+Ray's own logs (workers' output, Ray Data's execution lines, Ray Train's controller, deprecation
+warnings) go to Ray's log folder (`/tmp/ray/session_latest/logs` on the head node) unless
+`--verbose`, which shows everything as Ray prints it.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Callable
+
+PROGRESS_EVERY_S = 2.0  # seconds between a worker's progress messages within an epoch
+
+
+class Relay:
+    """The driver's end: a Ray queue (an actor that reserves no CPU) and a thread printing from it."""
+
+    def __init__(self, out=None, on_epoch: Callable[[dict, int], None] | None = None):
+        from ray.util.queue import Queue
+
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self.on_epoch = on_epoch  # (row, index): each epoch's row, for a tracker
+        self._epochs = 0
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty()
+        self._stop = threading.Event()
+        self._progress_shown = False
+        self._thread = threading.Thread(target=self._run, name="raycat-console", daemon=True)
+        self._thread.start()
+
+    def _show(self, item) -> None:
+        kind, text = item
+        if kind == "epoch":
+            if self.on_epoch is not None:
+                try:
+                    self.on_epoch(text, self._epochs)
+                except Exception as e:  # noqa: BLE001 - a tracker's failure must not silence the console
+                    self.out.write(f"warning: could not log epoch {self._epochs + 1} to the tracker: {e}\n")
+            self._epochs += 1
+            return
+        if kind == "progress":
+            if self.tty:
+                self.out.write("\r" + text[:120].ljust(120))
+                self.out.flush()
+                self._progress_shown = True
+            return
+        if self._progress_shown:
+            self.out.write("\r" + " " * 120 + "\r")
+            self._progress_shown = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def _run(self) -> None:
+        from ray.util.queue import Empty
+
+        while not self._stop.is_set():
+            try:
+                self._show(self.queue.get(timeout=0.5))
+            except Empty:
+                continue
+            except Exception:  # noqa: BLE001 - the queue's actor is gone (shutdown): nothing more to show
+                return
+
+    def close(self) -> None:
+        """Show what is still queued, then stop."""
+        from ray.util.queue import Empty
+
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            while True:
+                self._show(self.queue.get_nowait())
+        except (Empty, Exception):  # noqa: BLE001 - drained, or the actor is gone
+            pass
+        try:
+            self.queue.shutdown()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+def sender(queue) -> tuple[Callable[[str], None], Callable[[str], None], Callable[[dict], None]]:
+    """A worker's (log line, progress line, epoch row) functions for a relay's queue; none blocks."""
+
+    def send(kind: str, item) -> None:
+        try:
+            queue.put_nowait((kind, item))
+        except Exception:  # noqa: BLE001 - a full or vanished queue must never stop training
+            pass
+
+    return (lambda text: send("line", text)), (lambda text: send("progress", text)), (lambda row: send("epoch", row))
+
+
+def throttled(progress: Callable[[str], None], every_s: float = PROGRESS_EVERY_S) -> Callable[[str, int, int], None]:
+    """on_step(stage, step, total) for the training loop: a progress line at most every `every_s`."""
+    last = [0.0]
+
+    def on_step(stage: str, step: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s or step == total:
+            last[0] = now
+            progress(f"  {stage}: step {step}/{total}")
+
+    return on_step
