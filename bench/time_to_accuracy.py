@@ -168,9 +168,10 @@ Accuracy against wall time (minutes since the command started; every epoch's row
 |---|---|---|
 {curve}
 
-Final: valid accuracy {m['valid_accuracy']:.4f}, with TTA ({m['tta_views']} views) {m['valid_accuracy_tta']:.4f}, best epoch
-{m['best_epoch']}; whole command {r['wall'] / 60:.1f} min (Ray start {m['ray_start_seconds']:.0f} s, then
-{m['to_first_step_seconds']:.0f} s to the first step). Goal: >= 92% (93%) within 30 minutes on 2 cores.
+Final: valid accuracy {m['valid_accuracy']:.4f}, with TTA ({m['tta_views']} views)
+{m['valid_accuracy_tta']:.4f}, best epoch {m['best_epoch']}; whole command {r['wall'] / 60:.1f} min (Ray start
+{m['ray_start_seconds']:.0f} s, then {m['to_first_step_seconds']:.0f} s to the first step).
+Goal: >= 92% (93%) within 30 minutes on 2 cores.
 {fastai_rows}"""
     print(body)
     if not args.no_write:

@@ -65,8 +65,11 @@ def main() -> None:
                      os.path.join(args.out, "pretrained"), "--lr-mult", "3")
     scratch = train(target, os.path.join(args.out, "scratch"), *stages[6:], "--unfrozen-cycles", "3",
                     "--cycle-mult", "1", "--cycle-len", "2", "--weights", "none")
+    def epochs(m: dict) -> str:
+        return " + ".join(f"{m['stages'].count(s)} {s}" for s in ("precompute", "head", "unfrozen") if s in m["stages"])
+
     rows = "\n".join(
-        f"| {name} | {' + '.join(f'{m['stages'].count(s)} {s}' for s in ('precompute', 'head', 'unfrozen') if s in m['stages'])} "
+        f"| {name} | {epochs(m)} "
         f"| {m['valid_accuracy']:.4f} | {m['valid_accuracy_tta']:.4f} | {m['valid_loss']:.3f} |"
         for name, m in (("transfer (body from the 5 source classes)", transfer), ("scratch", scratch)))
     body = f"""## Transfer on Fashion-MNIST (`bench/transfer.py`)
