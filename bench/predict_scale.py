@@ -107,6 +107,8 @@ def main() -> None:
     try:
         model = write_random_model(os.path.join(tmp, "m"), CLASSES, 32)
         t = time.perf_counter()
+        # `ray start` turns token auth on (Ray 2.60's default); the commands that join it need to know.
+        os.environ["RAY_AUTH_MODE"] = "token"
         head = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head",
                                f"--num-cpus={os.cpu_count()}", "--include-dashboard=true", "--disable-usage-stats",
                                f"--temp-dir={tmp}/ray"], capture_output=True, text=True, check=True)

@@ -109,6 +109,8 @@ def main() -> None:
         base = [plain_loop(model, images, os.path.join(tmp, f"plain{i}")) for i in range(args.runs)]
         print("plain", base, flush=True)
         t = time.perf_counter()
+        # `ray start` turns token auth on (Ray 2.60's default); the commands that join it need to know.
+        os.environ["RAY_AUTH_MODE"] = "token"
         head = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head",
                                f"--num-cpus={os.cpu_count()}", "--include-dashboard=true", "--disable-usage-stats",
                                f"--temp-dir={tmp}/ray"], capture_output=True, text=True, check=True)

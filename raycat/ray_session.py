@@ -25,7 +25,7 @@ def quiet(verbose: bool) -> None:
     if verbose:
         return
     # Set before Ray starts: the raylet and every worker inherit them.
-    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # execution-start/finished lines, progress logs
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # execution lines, progress logs, their warnings
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -85,3 +85,40 @@ def test_accuracy_is_well_above_chance_and_metrics_agree(trained):
         cm = [[int(v) for v in r[1:]] for r in list(csv.reader(f))[1:]]
     assert sum(map(sum, cm)) == 36
     assert sum(cm[i][i] for i in range(3)) / 36 == pytest.approx(m["valid_accuracy"], abs=1e-6)
+
+
+def test_stream_mode_reads_every_epoch_from_storage_and_trains_the_same_epochs(trained_run, tmp_path):
+    """--cache stream (what auto picks when the decoded shard would not fit a worker's memory):
+    every epoch reads and decodes the files again, so an image that turns unreadable after the
+    first unit (memory mode would never read it again) is seen, skipped and reported by a later
+    epoch, and the run still ends with all its epochs."""
+    import shutil
+
+    from raycat.cli import main
+
+    data = str(tmp_path / "data")
+    shutil.copytree(trained_run["data"], data)
+    victim = sorted(os.listdir(os.path.join(data, "train", "circle")))[0]
+    out = str(tmp_path / "out")
+    import threading
+    import time
+
+    def spoil_after_the_first_unit():  # lr_find has read every file by its first checkpoint
+        import glob
+
+        deadline = time.time() + 300
+        while time.time() < deadline and not glob.glob(os.path.join(out, "checkpoints", "*", "checkpoint_*")):
+            time.sleep(0.2)
+        with open(os.path.join(data, "train", "circle", victim), "wb") as f:
+            f.write(b"not an image")
+
+    spoiler = threading.Thread(target=spoil_after_the_first_unit, daemon=True)
+    spoiler.start()
+    assert main(["train", data, "--out", out, "--arch", "resnet18", "--weights", "none", "--size", "32",
+                 "--batch-size", "8", "--workers", "1", "--unfrozen-cycles", "3", "--cycle-mult", "1",
+                 "--patience", "10", "--tta", "0", "--cache", "stream", "--lr", "0.01"]) == 0
+    spoiler.join()
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert m["cache"] == "stream"
+    assert [r["stage"] for r in rows(os.path.join(out, "history.csv"))] == ["unfrozen"] * 3
+    assert victim in open(os.path.join(out, "skipped.csv")).read()  # found by a later epoch's read

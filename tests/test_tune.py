@@ -76,8 +76,9 @@ def test_sweep_resumes_after_the_driver_dies_and_asha_stops_the_bad_lr(ray_local
             "--arch", "resnet18", "--weights", "none", "--size", "32", "--batch-size", "8",
             "--precompute-epochs", "0", "--tta", "0", "--patience", "5"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    driver_log = open(tmp_path / "driver.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "raycat", *args], start_new_session=True, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=driver_log, stderr=subprocess.STDOUT)
     finished = lambda: [d for d in (os.listdir(out / "trials") if (out / "trials").exists() else [])
                         if (out / "trials" / d / "history.csv").exists()]
     deadline = time.time() + 400
@@ -110,19 +111,22 @@ def test_sweep_resumes_after_the_driver_dies_and_asha_stops_the_bad_lr(ray_local
     assert recipe["lr"] == 0.01 and set(recipe) == {f.name for f in dataclasses.fields(Recipe)}
     _, cfg = parse_config(["train", data, "--out", str(tmp_path / "again"), "--config", best])
     assert dataclasses.asdict(cfg.recipe) == recipe
+    # The sweep's outputs, checkpoints, its killed driver's log and this Ray session's logs never
+    # hold the AWS secret every test's environment has (Tune's runtime envs would have logged it).
+    driver_log.close()
+    assert_no_canary(out, tmp_path / "driver.log")
 
 
-@pytest.mark.integration
-def test_the_canary_secret_is_never_written(ray_local, trained_run):
-    """Runs after the sweep above (same file, later): no output, checkpoint or log of this session's
-    Ray holds the AWS secret the tests set (conftest.CANARY_SECRET)."""
+def assert_no_canary(*roots) -> None:
+    """No file under `roots` (or this Ray session's folder) holds conftest.CANARY_SECRET."""
     import ray
     from conftest import CANARY_SECRET
 
     session_dir = ray._private.worker._global_node.get_session_dir_path()
     hits = []
-    for root in (trained_run["out"], session_dir):
-        for dirpath, _, files in os.walk(root):
+    for root in (*map(str, roots), session_dir):
+        walk = [(os.path.dirname(root), [], [os.path.basename(root)])] if os.path.isfile(root) else os.walk(root)
+        for dirpath, _, files in walk:
             for f in files:
                 p = os.path.join(dirpath, f)
                 try:
@@ -132,3 +136,9 @@ def test_the_canary_secret_is_never_written(ray_local, trained_run):
                 except OSError:
                     pass
     assert not hits, hits
+
+
+@pytest.mark.integration
+def test_the_canary_secret_is_never_written(ray_local, trained_run):
+    """A train run's outputs and checkpoints, and this session's Ray logs, never hold the secret."""
+    assert_no_canary(trained_run["out"])
