@@ -137,12 +137,16 @@ def suggestion(lrs: list[float], smoothed: list[float], rule: str = "minimum",
     diverged) suggests its first rate rather than failing: the run goes on and its valid loss, not a
     crash, tells the user (or Tune's scheduler) what happened."""
     skip = min(SKIP_START, len(lrs) // 4)
-    finite = [(lr, v) for lr, v in zip(lrs[skip:], smoothed[skip:], strict=True) if math.isfinite(v)]
-    if not finite:
+    xs, ys = _finite(lrs[skip:], smoothed[skip:])
+    if not ys:
         return lrs[0]
-    xs, ys = [lr for lr, _ in finite], [v for _, v in finite]
     if rule == "minimum" and len(ys) >= 3 and never_turned_up(ys):
         short = ema_smooth(raw, SHORT_BETA)[skip:] if raw is not None else smoothed[skip:]
-        pts = [(lr, v) for lr, v in zip(lrs[skip:], short, strict=True) if math.isfinite(v)]
-        return min(suggest_valley([lr for lr, _ in pts], [v for _, v in pts]), suggest_minimum(xs, ys))
+        return min(suggest_valley(*_finite(lrs[skip:], short)), suggest_minimum(xs, ys))
     return SUGGESTIONS[rule](xs, ys)
+
+
+def _finite(lrs: list[float], losses: list[float]) -> tuple[list[float], list[float]]:
+    """The (rates, losses) of the points whose loss is a number."""
+    keep = [i for i, v in enumerate(losses) if math.isfinite(v)]
+    return [lrs[i] for i in keep], [losses[i] for i in keep]
