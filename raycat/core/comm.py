@@ -27,6 +27,9 @@ class LocalComm:
     def wrap(self, module: nn.Module, device: torch.device, key: str) -> nn.Module:
         return module
 
+    def sync_buffers(self, module: nn.Module) -> None:
+        pass
+
 
 class TorchComm:
     """torch.distributed with an initialised default process group."""
@@ -55,6 +58,15 @@ class TorchComm:
         out = [None] * self.world_size
         self.dist.all_gather_object(out, x)
         return out
+
+    def sync_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm's running statistics) on every rank.
+
+        DDP broadcasts buffers at the start of each forward, and then every rank updates them with
+        its own batch: after an epoch they differ by the last step. Without this, each rank would
+        score its part of the valid set with a slightly different model from the one rank 0 saves."""
+        for b in module.buffers():
+            self.dist.broadcast(b, src=0)
 
     def wrap(self, module: nn.Module, device: torch.device, key: str) -> nn.Module:
         """One DDP wrapper per stage (`key`), built on first use and reused by every later epoch.

@@ -155,6 +155,7 @@ class Loop:
                 row = {"stage": stage.name, "step": first_step + i, "loss": loss}
                 row.update({f"lr_{g}": r for g, r in zip(GROUP_NAMES, lrs, strict=True)})
                 steps.append(row)
+        self.comm.sync_buffers(self.model)  # every rank evaluates (and rank 0 saves) the same model
         return self.comm.mean(sum(losses) / len(losses) if losses else float("nan"))
 
     def sweep(self, stage: Stage, group_rates: Callable[[float], list[float]], rule: str) -> dict:
