@@ -198,6 +198,7 @@ class TrainConfig:
     tracking: str = arg("none", "log params, every epoch's metrics and the outputs: mlflow ($MLFLOW_TRACKING_URI; "
                         "pip install 'raycat[mlflow]') or tensorboard (event files in OUT/tensorboard)",
                         choices=TRACKERS)
+    top: int = arg(16, "valid images in each grid of the images worth a look (top_losses.png, most_uncertain.png)")
     recipe: Recipe = part(Recipe)
     resources: TrainResources = part(TrainResources)
 
@@ -205,6 +206,7 @@ class TrainConfig:
         _require(self, "data", "out")
         _choice(self, "tracking", TRACKERS)
         _data_source(self)
+        _non_negative(self, "top")
 
 
 @dataclass

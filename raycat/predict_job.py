@@ -20,21 +20,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from raycat import listing, model_card, outputs, storage
+from raycat import grids, listing, model_card, outputs, storage
 from raycat.config import PredictConfig
 from raycat.errors import BadInput
 from raycat.scoring import DONE, PARTS, ScoringSpec, summary_uri
 
 RUN_DIR = ".raycat-predict"
 RUN_NOTE = "run.json"
-GRIDS = {  # file stem -> (what it shows, which summary list feeds it)
-    "top_losses": "the most confidently wrong (highest loss)",
-    "most_uncertain": "the least confident predictions (labelled images)",
-    "least_confident": "the least confident predictions",
-}
 PROGRESS_EVERY_S = 10.0  # seconds between progress lines when stdout is not a terminal
-PER_RUN_FILES = ["confusion_matrix.csv", "confusion_matrix.png", "most_confused.csv", "skipped.csv",
-                 *[f"{g}.{ext}" for g in GRIDS for ext in ("png", "csv")]]
+PER_RUN_FILES = ["confusion_matrix.csv", "confusion_matrix.png", "most_confused.csv", "skipped.csv", *grids.FILES]
 
 
 class PredictInputError(BadInput):
@@ -169,13 +163,10 @@ def write_predict_outputs(cfg: PredictConfig, folder: str, card, run: str, tally
             outputs.write_confusion(out, t, classes, f"confusion matrix ({n_labelled} labelled images)")
             outputs.write_csv(storage.join(out, "most_confused.csv"), ["actual", "predicted", "count"],
                               core_metrics.most_confused(t, classes))
-            write_grid(out, "top_losses", card, tally.top_losses, ["loss", "path", "actual", "predicted",
-                                                                   "probability"])
-            write_grid(out, "most_uncertain", card, tally.least_confident, ["confidence", "path", "actual",
-                                                                           "predicted"])
+            grids.write(out, "top_losses", card, tally.top_losses)
+            grids.write(out, "most_uncertain", card, tally.least_confident)
         else:
-            write_grid(out, "least_confident", card, tally.least_confident, ["confidence", "path", "actual",
-                                                                            "predicted"])
+            grids.write(out, "least_confident", card, tally.least_confident)
         outputs.write_skipped(out, tally.skipped)
 
     if n_labelled:
@@ -187,39 +178,6 @@ def write_predict_outputs(cfg: PredictConfig, folder: str, card, run: str, tally
     outputs.write_run(out, write_files, m, stale=["predictions", *PER_RUN_FILES])
     storage.delete_tree(run)
     return m
-
-
-def write_grid(out: str, name: str, card, rows: list, columns: list[str]) -> None:
-    """NAME.csv (the rows behind the grid) and NAME.png (the images, titled as fast.ai's plot_top_losses)."""
-    from raycat import plots
-
-    outputs.write_csv(storage.join(out, f"{name}.csv"), columns, rows)
-    if not rows:
-        return
-    images, titles = [], []
-    for r in rows:
-        record = dict(zip(columns, r, strict=True))
-        try:
-            images.append(thumbnail(record["path"], max(96, card.size)))
-        except Exception:  # noqa: BLE001 - a file gone since it was scored: no thumbnail, the CSV still lists it
-            continue
-        if name == "top_losses":
-            titles.append(f"{record['predicted']} / {record['actual']}\n"
-                          f"{record['loss']:.2f} / {record['probability']:.2f}")
-        else:
-            actual = f" / {record['actual']}" if record.get("actual") else ""
-            titles.append(f"{record['predicted']}{actual}\n{record['confidence']:.2f}")
-    heading = {"top_losses": "prediction / actual, loss / probability",
-               "most_uncertain": "prediction / actual, confidence",
-               "least_confident": "prediction, confidence"}[name]
-    storage.write_bytes(storage.join(out, f"{name}.png"),
-                        plots.image_grid_png(images, titles, f"{GRIDS[name]}: {heading}"))
-
-
-def thumbnail(path: str, size: int):
-    from raycat.core.decode import load_image
-
-    return load_image(storage.read_bytes(path), size)
 
 
 def predict_files(cfg: PredictConfig) -> int:

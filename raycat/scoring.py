@@ -115,14 +115,11 @@ class Scorer:
         self._write_part(shard, kept_paths, y, p)
         labelled = y >= 0
         cm = metrics.confusion_matrix(p[labelled].argmax(1), y[labelled], k) if labelled.any() else None
-        pred = p.argmax(1) if len(p) else torch.zeros(0, dtype=torch.long)
+        look = metrics.worth_a_look(p, y, spec.top)
         summary = {
             "shard": shard, "n_scored": len(kept_paths), "skipped": skipped,
             "cm": cm.tolist() if cm is not None else None,
-            "top_losses": [[loss, kept_paths[i], classes[int(y[i])], classes[int(pred[i])], float(p[i, pred[i]])]
-                           for i, loss in metrics.top_losses(p, y, spec.top)],
-            "least_confident": [[conf, kept_paths[i], classes[int(y[i])] if y[i] >= 0 else None,
-                                 classes[int(pred[i])]] for i, conf in metrics.least_confident(p, spec.top)],
+            **{grid: metrics.name_rows(rows, kept_paths, classes) for grid, rows in look.items()},
         }
         storage.write_text(summary_uri(spec.run, shard), json.dumps(summary))
         return summary

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from raycat import model_card, outputs, resume, storage
+from raycat import grids, model_card, outputs, resume, storage
 from raycat.config import TrainConfig
 from raycat.errors import BadInput
 from raycat.layout import scan_layout
@@ -110,10 +110,10 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
           f"{'kept in memory after the first pass' if cache else 'streamed every epoch'}")
     valid = [pipeline.files_dataset(layout.valid.paths[r::res.workers], layout.valid.labels[r::res.workers])
              for r in range(res.workers)]
-    plan = WorkerPlan(recipe=recipe, n_classes=len(layout.classes), initial_state=ray.put(model.state_dict()),
+    plan = WorkerPlan(recipe=recipe, classes=layout.classes, initial_state=ray.put(model.state_dict()),
                       steps_per_epoch=steps_per_epoch(len(layout.train), res.workers, recipe.batch_size),
                       gpu=res.gpu, cache=cache, cpus=cpus, precision=recipe.precision, valid=valid,
-                      only_lr_find=only_lr_find)
+                      only_lr_find=only_lr_find, top=cfg.top)
     relay = console.Relay(on_epoch=on_epoch)
     plan.console = relay.queue
     trainer = TorchTrainer(
@@ -159,8 +159,11 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
             outputs.write_lr_find(out, name, found)
         outputs.write_confusion(out, f["confusion_matrix"], fitted.classes, "confusion matrix (valid set, best epoch)")
         outputs.write_skipped(out, fitted.result.skipped)
+        for name, rows in fitted.result.grids.items():
+            grids.write(out, name, card, rows)
 
     stale = [] if "lr_find_unfrozen" in state.lr_finds else ["lr_find_unfrozen.csv", "lr_find_unfrozen.png"]
+    stale += grids.FILES  # an earlier run's grids, even where this run writes none
     metrics = {
         "valid_accuracy": f["valid_accuracy"],
         "valid_loss": f["valid_loss"],

@@ -37,7 +37,7 @@ class WorkerPlan:
     """What the driver hands every Train worker."""
 
     recipe: Recipe  # resolved
-    n_classes: int
+    classes: list[str]
     initial_state: object  # ObjectRef of the starting weights (a state dict)
     steps_per_epoch: int
     gpu: bool  # the worker's GPU decodes, trains and scores
@@ -46,6 +46,7 @@ class WorkerPlan:
     precision: str  # auto | fp32 | bf16
     valid: list = field(default_factory=list)  # one Ray dataset of valid files per rank
     only_lr_find: bool = False
+    top: int = 16  # images in each grid of the valid images worth a look
     console: object = None  # the driver's console queue (console.Relay): where rank 0's lines go
 
 
@@ -58,6 +59,7 @@ class WorkerResult:
     skipped: list[tuple[str, str]]
     n_train: int  # readable images, all workers
     n_valid: int
+    grids: dict[str, list]  # the valid images worth a look: grid name -> rows (grids.py), by path
 
 
 class NoImages(RuntimeError):
@@ -78,9 +80,11 @@ class ShardData:
         self.train_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self.valid_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self.n_train = self.n_valid = 0
+        self.valid_paths: list[str] = []  # the valid images, in valid_batches' order (after one whole pass)
 
-    def _decoded(self, batches) -> Iterator[Batch]:
-        """Decode streamed {path, label, data, error} batches; bad files are noted, never fatal."""
+    def _decoded(self, batches, paths: list[str] | None = None) -> Iterator[Batch]:
+        """Decode streamed {path, label, data, error} batches; bad files are noted, never fatal.
+        The paths of the images yielded are appended to `paths`."""
         for b in batches:
             ok = good_rows(b["error"])
             self.skipped.update((str(p), str(e)) for p, e in zip(b["path"][~ok], b["error"][~ok], strict=True))
@@ -89,6 +93,8 @@ class ShardData:
             self.skipped.update((str(b["path"][i]), e) for i, e in zip(idx, errors, strict=True) if e)
             keep = [i for i, e in zip(idx, errors, strict=True) if not e]
             if keep:
+                if paths is not None:
+                    paths += [str(b["path"][i]) for i in keep]
                 yield images, to_device(torch.as_tensor(b["label"][keep], dtype=torch.long), self.device)
 
     def _stream_train(self) -> Iterator[Batch]:
@@ -139,13 +145,15 @@ class ShardData:
             for i in range(0, len(x), self.bs):
                 yield x[i:i + self.bs], y[i:i + self.bs]
             return
-        kept, n = [], 0
-        for x, y in self._decoded(self.valid_ds.iter_batches(batch_size=self.bs, batch_format="numpy")):
+        kept, n, paths = [], 0, []
+        # The valid dataset keeps its order (pipeline.files_dataset), so every pass, streamed or
+        # cached, yields the images in the order of these paths.
+        for x, y in self._decoded(self.valid_ds.iter_batches(batch_size=self.bs, batch_format="numpy"), paths):
             n += len(x)
             if self.cache:
                 kept.append((x, y))
             yield x, y
-        self.n_valid = n
+        self.n_valid, self.valid_paths = n, paths
         if self.cache:
             empty = (torch.zeros(0, 3, self.size, self.size, dtype=torch.uint8, device=self.device),
                      torch.zeros(0, dtype=torch.long, device=self.device))
@@ -165,7 +173,8 @@ def load_result(checkpoint) -> WorkerResult | None:
         with open(os.path.join(d, RUN_FILE)) as f:
             info = json.load(f)
     return WorkerResult(state=state, worker_nodes=info["worker_nodes"],
-                        skipped=[tuple(s) for s in info["skipped"]], n_train=info["n_train"], n_valid=info["n_valid"])
+                        skipped=[tuple(s) for s in info["skipped"]], n_train=info["n_train"], n_valid=info["n_valid"],
+                        grids=info.get("grids", {}))
 
 
 def _quiet_train_reports() -> None:
@@ -197,7 +206,7 @@ def train_loop(plan: WorkerPlan) -> None:
     device = ray.train.torch.get_device() if plan.gpu else torch.device("cpu")
     use_cpu_threads(plan.cpus)
     torch.manual_seed(r.seed + rank)
-    model = create_model(r.arch, plan.n_classes, stem=r.stem)
+    model = create_model(r.arch, len(plan.classes), stem=r.stem)
     model.load_state_dict(ray.get(plan.initial_state))
     comm = TorchComm() if world > 1 else LocalComm()
     data = ShardData(ray.train.get_dataset_shard("train"), plan.valid[rank], r.size, r.batch_size,
@@ -213,6 +222,9 @@ def train_loop(plan: WorkerPlan) -> None:
         metrics = {"units_done": state.units_done, "stage": last.get("stage", "lr_find"),
                    "valid_loss": loss if math.isfinite(loss) else 1e9, "accuracy": last.get("accuracy", 0.0)}
         found = comm.gather_objects((sorted(data.skipped), data.n_train, data.n_valid))
+        # Every rank reaches the final state together: the gather is collective.
+        grids = _named_grids(state.final, comm.gather_objects(data.valid_paths), plan.classes) \
+            if state.final else None
         if rank != 0:
             ray.train.report(metrics)
             return
@@ -221,7 +233,8 @@ def train_loop(plan: WorkerPlan) -> None:
         info = {"worker_nodes": nodes,
                 "skipped": sorted({tuple(s) for f in found for s in f[0]} | set(previous.skipped if previous else [])),
                 "n_train": sum(f[1] for f in found) or (previous.n_train if previous else 0),
-                "n_valid": sum(f[2] for f in found) or (previous.n_valid if previous else 0)}
+                "n_valid": sum(f[2] for f in found) or (previous.n_valid if previous else 0),
+                "grids": grids or (previous.grids if previous else {})}
         tmp = tempfile.mkdtemp(prefix="raycat-ckpt-")
         try:
             torch.save(state.to_dict(), os.path.join(tmp, STATE_FILE))
@@ -245,4 +258,18 @@ def train_loop(plan: WorkerPlan) -> None:
         checkpoint(s)
 
     core_recipe.run(r, model, data, comm, device, state, checkpoint_and_tell, log, plan.only_lr_find,
-                    resolve_precision(r.precision, device), console.throttled(progress))
+                    resolve_precision(r.precision, device), console.throttled(progress), plan.top)
+
+
+def _named_grids(final: dict, paths_by_rank: list[list[str]], classes: list[str]) -> dict[str, list] | None:
+    """The final state's valid images worth a look (rows by index into the valid set gathered in
+    rank order) named by path and class. None when this pass saw no valid images (a resumed run
+    that had nothing left to do carries the earlier run's grids instead)."""
+    from raycat.core.metrics import name_rows
+
+    paths = [p for ps in paths_by_rank for p in ps]
+    if not paths or "worth_a_look" not in final:
+        return None
+    look = final["worth_a_look"]
+    return {"top_losses": name_rows(look["top_losses"], paths, classes),
+            "most_uncertain": name_rows(look["least_confident"], paths, classes)}

@@ -126,6 +126,7 @@ def trained_run(ray_local, tmp_path_factory):
     out = str(root / "out")
     rc = main(["train", data, "--out", out, "--arch", "resnet18", "--weights", "none", "--size", "64",
                "--batch-size", "8", "--workers", "2", "--precompute-epochs", "1", "--head-cycles", "1",
-               "--unfrozen-cycles", "2", "--cycle-mult", "2", "--lr-mult", "3", "--patience", "10", "--tta", "2"])
+               "--unfrozen-cycles", "2", "--cycle-mult", "2", "--lr-mult", "3", "--patience", "10", "--tta", "2",
+               "--top", "6"])
     assert rc == 0
     return {"data": data, "out": out}

@@ -72,6 +72,19 @@ def test_top_losses_are_the_most_confidently_wrong_and_skip_unknown_labels():
     assert [i for i, _ in low] == [4, 2] and low[0][1] == pytest.approx(0.5)
 
 
+def test_worth_a_look_rows_are_named_by_path_and_class():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.45, 0.55]])
+    labels = torch.tensor([0, 0, -1, 1])
+    look = metrics.worth_a_look(probs, labels, 2)
+    assert [r[1:4] for r in look["top_losses"]] == [[1, 0, 1], [3, 1, 1]]
+    assert look["top_losses"][0][4] == pytest.approx(0.8)  # the probability of what it predicted
+    assert [r[1:] for r in look["least_confident"]] == [[3, 1, 1], [2, -1, 0]]
+    named = metrics.name_rows(look["least_confident"], ["a.png", "b.png", "c.png", "d.png"], ["cat", "dog"])
+    assert [r[1:] for r in named] == [["d.png", "dog", "dog"], ["c.png", None, "cat"]]
+    assert metrics.worth_a_look(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), 3) == \
+        {"top_losses": [], "least_confident": []}
+
+
 def test_keep_top_merges_candidates_in_bounded_memory():
     a = [(0.9, "a"), (0.1, "b")]
     b = [(0.5, "c"), (0.95, "d"), (0.2, "e")]

@@ -82,6 +82,12 @@ def test_early_stop_keeps_the_best_epoch():
     assert state.stopped_early and len(unfrozen) < 7
     best = min(h["valid_loss"] for h in unfrozen)
     assert state.final["valid_loss"] == pytest.approx(best, rel=1e-4)  # evaluated on the best epoch's weights
+    # The images worth a look come from the same final pass: with a grid as large as the valid set
+    # (8 images), its rows are every valid image once, and their losses average to the valid loss.
+    look = state.final["worth_a_look"]
+    assert sorted(r[1] for r in look["top_losses"]) == list(range(8))
+    assert np.mean([r[0] for r in look["top_losses"]]) == pytest.approx(state.final["valid_loss"], rel=1e-4)
+    assert len(look["least_confident"]) == 8
 
 
 def test_a_stage_that_blows_up_is_called_out_and_the_better_weights_are_kept():

@@ -87,6 +87,42 @@ def test_accuracy_is_well_above_chance_and_metrics_agree(trained):
     assert sum(cm[i][i] for i in range(3)) / 36 == pytest.approx(m["valid_accuracy"], abs=1e-6)
 
 
+def test_valid_images_worth_a_look_are_the_saved_model_s_highest_losses(trained_run):
+    # The grids' rows name each valid image by its path (gathered from 2 workers) and must agree
+    # with scoring that file again with the saved model: a row mapped to the wrong path would not.
+    from raycat import model_card
+    from raycat.core.decode import decode_one
+    from raycat.core.evaluate import view_probs
+    from raycat.core.tta import tta_views
+
+    out, data = trained_run["out"], trained_run["data"]
+    folder, card = model_card.find(out)
+    model = model_card.load(folder, card)
+    views = tta_views(card.augment_spec(), 0, torch.Generator())
+    loss = {}
+    for c, name in enumerate(card.classes):
+        for f in os.listdir(os.path.join(data, "valid", name)):
+            path = os.path.join(data, "valid", name, f)
+            x = decode_one(open(path, "rb").read(), card.size).unsqueeze(0)
+            loss[path] = -math.log(max(float(view_probs(model, x, views)[0, c]), 1e-12))
+    # Every worker scores its part of the valid set with the saved model (BatchNorm's statistics
+    # synced after each epoch), so the reported valid loss is the saved model's.
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert sum(loss.values()) / len(loss) == pytest.approx(m["valid_loss"], rel=2e-5)
+    top = rows(os.path.join(out, "top_losses.csv"))
+    assert len(top) == 6  # --top 6
+    assert [r["path"] for r in top] == sorted(loss, key=loss.get, reverse=True)[:6]
+    for r in top:
+        assert os.path.basename(os.path.dirname(r["path"])) == r["actual"]
+        assert float(r["loss"]) == pytest.approx(loss[r["path"]], rel=1e-3, abs=1e-4)
+    unsure = rows(os.path.join(out, "most_uncertain.csv"))
+    assert len(unsure) == 6 and all(os.path.basename(os.path.dirname(r["path"])) == r["actual"] for r in unsure)
+    assert [float(r["confidence"]) for r in unsure] == sorted(float(r["confidence"]) for r in unsure)
+    for name in ("top_losses.png", "most_uncertain.png"):
+        with open(os.path.join(out, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+
+
 def test_stream_mode_reads_every_epoch_from_storage_and_trains_the_same_epochs(trained_run, tmp_path):
     """--cache stream (what auto picks when the decoded shard would not fit a worker's memory):
     every epoch reads and decodes the files again, so an image that turns unreadable after the

@@ -66,6 +66,25 @@ def least_confident(probs: torch.Tensor, k: int) -> list[tuple[int, float]]:
     return [(int(i), float(v)) for v, i in zip(low.values, low.indices, strict=True)]
 
 
+def worth_a_look(probs: torch.Tensor, labels: torch.Tensor, k: int) -> dict[str, list[list]]:
+    """The rows behind the two grids, by row index and class index:
+    `top_losses` [loss, index, actual, predicted, probability of the prediction] and
+    `least_confident` [confidence, index, actual (-1: unknown), predicted]. `name_rows` turns the
+    indices into paths and class names."""
+    pred = probs.argmax(1) if len(probs) else torch.zeros(0, dtype=torch.long)
+    return {
+        "top_losses": [[loss, i, int(labels[i]), int(pred[i]), float(probs[i, pred[i]])]
+                       for i, loss in top_losses(probs, labels, k)],
+        "least_confident": [[conf, i, int(labels[i]), int(pred[i])] for i, conf in least_confident(probs, k)],
+    }
+
+
+def name_rows(rows: list[list], names, classes) -> list[list]:
+    """`worth_a_look`'s rows with the row index replaced by names[index] and class indices by
+    classes[...] (None for an unknown label)."""
+    return [[r[0], names[r[1]], classes[r[2]] if r[2] >= 0 else None, classes[r[3]], *r[4:]] for r in rows]
+
+
 def keep_top(rows: list, k: int, key, largest: bool = True) -> list:
     """The k best of `rows` by `key`: merges per-shard candidates into the run's, in bounded memory."""
     import heapq

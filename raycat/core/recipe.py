@@ -99,8 +99,9 @@ def table_row(row: dict) -> str:
 def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch.device,
         state: RecipeState | None = None, checkpoint: Callable[[RecipeState], None] = lambda s: None,
         log: Callable[[str], None] = print, only_lr_find: bool = False, precision: str = "fp32",
-        on_step: Callable[[str, int, int], None] | None = None) -> RecipeState:
-    """Run the recipe's units not yet in `state` on this worker, checkpointing after each."""
+        on_step: Callable[[str, int, int], None] | None = None, top: int = 16) -> RecipeState:
+    """Run the recipe's units not yet in `state` on this worker, checkpointing after each. The
+    final state names the `top` valid images worth a look (by index in the gathered valid set)."""
     r = recipe.resolved()
     state = state or RecipeState()
     say = log if comm.rank == 0 else (lambda _: None)
@@ -146,7 +147,7 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
         state.units_done = i + 1
         state.model_state = cpu_state(model)
         if i == len(units) - 1 and not only_lr_find:
-            _finish(loop, r, state, say)
+            _finish(loop, r, state, say, top)
         checkpoint(state)
     return state
 
@@ -201,8 +202,9 @@ def _epoch(loop: Loop, r: Recipe, state: RecipeState, stage: Stage, epoch: int, 
                     f"({state.best_epoch}, valid loss {state.best_valid_loss:.4f})")
 
 
-def _finish(loop: Loop, r: Recipe, state: RecipeState, say: Callable[[str], None]) -> None:
-    """Back to the best epoch's weights; valid metrics plain and with TTA."""
+def _finish(loop: Loop, r: Recipe, state: RecipeState, say: Callable[[str], None], top: int) -> None:
+    """Back to the best epoch's weights; valid metrics plain and with TTA; the images worth a look,
+    from the plain view (as fast.ai's interpretation of a learner's valid set)."""
     if state.best_state is not None:
         loop.model.load_state_dict(state.best_state)
         state.model_state = state.best_state
@@ -214,6 +216,7 @@ def _finish(loop: Loop, r: Recipe, state: RecipeState, say: Callable[[str], None
         "valid_accuracy": metrics.accuracy(probs, labels),
         "confusion_matrix": metrics.confusion_matrix(probs.argmax(1), labels, n),
         "best_epoch": state.best_epoch,
+        "worth_a_look": metrics.worth_a_look(probs, labels, top),
     }
     if r.tta > 0:
         views = tta_views(loop.spec, r.tta, loop.gen)
