@@ -263,12 +263,14 @@ def train_loop(plan: WorkerPlan) -> None:
 
 def _named_grids(final: dict, paths_by_rank: list[list[str]], classes: list[str]) -> dict[str, list] | None:
     """The final state's valid images worth a look (rows by index into the valid set gathered in
-    rank order) named by path and class. None when this pass saw no valid images (a resumed run
+    rank order) named by path and class. None when this command saw no valid pass (a resumed run
     that had nothing left to do carries the earlier run's grids instead)."""
     from raycat.core.metrics import name_rows
 
     paths = [p for ps in paths_by_rank for p in ps]
-    if not paths or "worth_a_look" not in final:
+    if not paths or len(paths) != final.get("n_scored"):
+        # No pass here, or (streamed valid set) a file that went bad between the final passes:
+        # the rows would be named by the wrong paths.
         return None
     look = final["worth_a_look"]
     return {"top_losses": name_rows(look["top_losses"], paths, classes),

@@ -127,7 +127,7 @@ def test_bad_inputs_fail_before_any_work(tmp_path, capsys):
 
 
 @pytest.mark.integration
-def test_a_killed_run_leaves_no_partial_outputs_and_a_rerun_completes(trained_run, tmp_path):
+def test_a_killed_run_leaves_no_partial_outputs_and_a_rerun_completes(ray_local, trained_run, tmp_path):
     import signal
     import time
 
@@ -142,7 +142,7 @@ def test_a_killed_run_leaves_no_partial_outputs_and_a_rerun_completes(trained_ru
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "raycat", "predict", trained_run["out"], str(images), "--out", str(out),
            "--tta", "8", "--batch-size", "8"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env)
     deadline = time.time() + 120

@@ -75,7 +75,9 @@ def test_sweep_resumes_after_the_driver_dies_and_asha_stops_the_bad_lr(ray_local
     args = ["tune", data, "--out", str(out), "--samples", "1", "--space", str(space), "--max-concurrent", "1",
             "--arch", "resnet18", "--weights", "none", "--size", "32", "--batch-size", "8",
             "--precompute-epochs", "0", "--tta", "0", "--patience", "5"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # The driver joins this session's Ray (a second local instance would cost its start-up and
+    # share 2 cores with this one); when it is killed, Ray ends its trials with it.
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     driver_log = open(tmp_path / "driver.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "raycat", *args], start_new_session=True, env=env,
                             stdout=driver_log, stderr=subprocess.STDOUT)
