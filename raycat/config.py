@@ -189,7 +189,7 @@ def _require(cfg: Any, *names: str) -> None:
 
 @dataclass
 class TrainConfig:
-    """`raycat train DATA --out OUT` and `raycat lr-find DATA --out OUT`."""
+    """`raycat train DATA --out OUT`."""
 
     data: str = arg("", "dataset folder or s3:// URI (train/<class>/, valid/<class>/)", positional=True)
     out: str = arg("", "output folder or s3:// URI")
@@ -207,6 +207,28 @@ class TrainConfig:
         _choice(self, "tracking", TRACKERS)
         _data_source(self)
         _non_negative(self, "top")
+
+
+@dataclass
+class LrFindConfig:
+    """`raycat lr-find DATA --out OUT`: the range test alone. It trains nothing to the end, so it
+    has no flags for tracking or the grids of images worth a look."""
+
+    data: str = arg("", "dataset folder or s3:// URI (train/<class>/, valid/<class>/)", positional=True)
+    out: str = arg("", "output folder or s3:// URI")
+    labels: str | None = arg(None, LABELS_HELP)
+    valid_pct: float | None = arg(None, VALID_PCT_HELP)
+    recipe: Recipe = part(Recipe)
+    resources: TrainResources = part(TrainResources)
+
+    def __post_init__(self) -> None:
+        _require(self, "data", "out")
+        _data_source(self)
+
+    def as_train(self) -> TrainConfig:
+        """The same data, recipe and resources as a `raycat train` (whose first unit is this sweep)."""
+        return TrainConfig(data=self.data, out=self.out, labels=self.labels, valid_pct=self.valid_pct,
+                           recipe=self.recipe, resources=self.resources)
 
 
 @dataclass

@@ -10,7 +10,16 @@ import os
 import time
 
 from raycat.check import run_check
-from raycat.config import CheckConfig, DemoConfig, PredictConfig, Recipe, Resources, TrainConfig, TrainResources
+from raycat.config import (
+    CheckConfig,
+    DemoConfig,
+    LrFindConfig,
+    PredictConfig,
+    Recipe,
+    Resources,
+    TrainConfig,
+    TrainResources,
+)
 from raycat.datasets import make_shapes_dataset
 
 DEMO_CLASSES = ("circle", "square", "triangle", "star")
@@ -37,7 +46,8 @@ def run_demo(cfg: DemoConfig) -> int:
     print("\n== raycat check ==")
     run_check(CheckConfig(data=data, size=cfg.size, address=cfg.address, verbose=cfg.verbose))
     print("\n== raycat lr-find ==")
-    run_lr_find(demo_train_config(cfg, data, os.path.join(cfg.out, "lr_find")))
+    sweep = demo_train_config(cfg, data, os.path.join(cfg.out, "lr_find"))
+    run_lr_find(LrFindConfig(data=sweep.data, out=sweep.out, recipe=sweep.recipe, resources=sweep.resources))
     print("\n== raycat train ==")
     train_out = os.path.join(cfg.out, "train")
     run_train(demo_train_config(cfg, data, train_out))

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from raycat import grids, model_card, outputs, resume, storage
-from raycat.config import TrainConfig
+from raycat.config import LrFindConfig, TrainConfig
 from raycat.errors import BadInput
 from raycat.layout import scan_layout
 from raycat.train_worker import WorkerResult
@@ -216,8 +216,8 @@ def run_train(cfg: TrainConfig) -> int:
     return 0
 
 
-def run_lr_find(cfg: TrainConfig) -> int:
-    fitted = fit(cfg, only_lr_find=True)
+def run_lr_find(cfg: LrFindConfig) -> int:
+    fitted = fit(cfg.as_train(), only_lr_find=True)
     found = fitted.result.state.lr_finds["lr_find"]
     outputs.write_lr_find(cfg.out, "lr_find", found)
     outputs.write_skipped(cfg.out, fitted.result.skipped)

@@ -76,6 +76,17 @@ def test_predict_refuses_the_flags_it_would_ignore(flag, capsys):
     assert f"unrecognized arguments: {flag[0]}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", [["--top", "4"], ["--tracking", "mlflow"]])
+def test_lr_find_refuses_train_s_output_flags(flag, capsys):
+    # lr-find sweeps and stops: it writes no grids and logs no run, so these would be ignored.
+    with pytest.raises(SystemExit) as e:
+        main(["lr-find", "d", "--out", "o", *flag])
+    assert e.value.code == 2
+    assert f"unrecognized arguments: {flag[0]}" in capsys.readouterr().err
+    _, cfg = parse_config(["train", "d", "--out", "o", *flag])  # train reads them
+    assert str(getattr(cfg, flag[0][2:])) == flag[1]
+
+
 def test_a_config_file_key_another_command_reads_is_refused_naming_it(tmp_path):
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"size": 64}))
