@@ -25,12 +25,13 @@ from raycat.datasets import make_shapes_dataset
 DEMO_CLASSES = ("circle", "square", "triangle", "star")
 
 
-def demo_train_config(cfg: DemoConfig, data: str, out: str) -> TrainConfig:
+def demo_train_config(cfg: DemoConfig, data: str, out: str, kind: type = TrainConfig):
+    """The demo's `raycat train` (or, with kind=LrFindConfig, `raycat lr-find`) settings."""
     # Sized to finish in a minute or two on 2 CPU cores, from scratch (so no frozen stages).
     recipe = Recipe(arch="resnet18", weights="none", size=cfg.size, batch_size=32, seed=cfg.seed, unfrozen_cycles=3,
                     cycle_mult=2, patience=3, tta=4)
-    return TrainConfig(data=data, out=out, recipe=recipe,
-                       resources=TrainResources(workers=cfg.workers, address=cfg.address, verbose=cfg.verbose))
+    return kind(data=data, out=out, recipe=recipe,
+                resources=TrainResources(workers=cfg.workers, address=cfg.address, verbose=cfg.verbose))
 
 
 def run_demo(cfg: DemoConfig) -> int:
@@ -46,8 +47,7 @@ def run_demo(cfg: DemoConfig) -> int:
     print("\n== raycat check ==")
     run_check(CheckConfig(data=data, size=cfg.size, address=cfg.address, verbose=cfg.verbose))
     print("\n== raycat lr-find ==")
-    sweep = demo_train_config(cfg, data, os.path.join(cfg.out, "lr_find"))
-    run_lr_find(LrFindConfig(data=sweep.data, out=sweep.out, recipe=sweep.recipe, resources=sweep.resources))
+    run_lr_find(demo_train_config(cfg, data, os.path.join(cfg.out, "lr_find"), LrFindConfig))
     print("\n== raycat train ==")
     train_out = os.path.join(cfg.out, "train")
     run_train(demo_train_config(cfg, data, train_out))

@@ -223,8 +223,7 @@ def train_loop(plan: WorkerPlan) -> None:
                    "valid_loss": loss if math.isfinite(loss) else 1e9, "accuracy": last.get("accuracy", 0.0)}
         found = comm.gather_objects((sorted(data.skipped), data.n_train, data.n_valid))
         # Every rank reaches the final state together: the gather is collective.
-        grids = _named_grids(state.final, comm.gather_objects(data.valid_paths), plan.classes) \
-            if state.final else None
+        valid_paths = comm.gather_objects(data.valid_paths) if state.final else None
         if rank != 0:
             ray.train.report(metrics)
             return
@@ -234,7 +233,8 @@ def train_loop(plan: WorkerPlan) -> None:
                 "skipped": sorted({tuple(s) for f in found for s in f[0]} | set(previous.skipped if previous else [])),
                 "n_train": sum(f[1] for f in found) or (previous.n_train if previous else 0),
                 "n_valid": sum(f[2] for f in found) or (previous.n_valid if previous else 0),
-                "grids": grids or (previous.grids if previous else {})}
+                "grids": (valid_paths and _named_grids(state.final, valid_paths, plan.classes))
+                or (previous.grids if previous else {})}
         tmp = tempfile.mkdtemp(prefix="raycat-ckpt-")
         try:
             torch.save(state.to_dict(), os.path.join(tmp, STATE_FILE))
@@ -268,7 +268,7 @@ def _named_grids(final: dict, paths_by_rank: list[list[str]], classes: list[str]
     from raycat.core.metrics import name_rows
 
     paths = [p for ps in paths_by_rank for p in ps]
-    if not paths or len(paths) != final.get("n_scored"):
+    if not paths or len(paths) != int(final["confusion_matrix"].sum()):  # the images the rows index into
         # No pass here, or (streamed valid set) a file that went bad between the final passes:
         # the rows would be named by the wrong paths.
         return None

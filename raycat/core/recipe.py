@@ -217,7 +217,6 @@ def _finish(loop: Loop, r: Recipe, state: RecipeState, say: Callable[[str], None
         "confusion_matrix": metrics.confusion_matrix(probs.argmax(1), labels, n),
         "best_epoch": state.best_epoch,
         "worth_a_look": metrics.worth_a_look(probs, labels, top),
-        "n_scored": len(labels),  # the valid images the rows index into
     }
     if r.tta > 0:
         views = tta_views(loop.spec, r.tta, loop.gen)
