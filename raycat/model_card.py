@@ -81,12 +81,14 @@ class ModelCard:
         return asdict(self)
 
 
-def write(out: str, state_dict: dict, card: ModelCard, export: bool = True) -> None:
-    """OUT/model/weights.pt, OUT/model/model.pt2 (the model as a program that needs torch only) and
-    OUT/model/model.json.
+def write(out: str, state_dict: dict, card: ModelCard, export: bool = True) -> str:
+    """OUT/model/weights.pt, OUT/model/model.json (its card) and OUT/model/model.pt2 (the model as a
+    program that needs torch only). Returns why the export failed, or "".
 
-    The weights and the program go first: model.json is what marks a folder as a raycat model, so
-    a crash between them leaves a folder that is not mistaken for a complete model.
+    The weights go first: model.json is what marks a folder as a raycat model, so a crash before it
+    leaves a folder that is not mistaken for a complete model. The card is written before the
+    export is tried, and again with `exported` once model.pt2 is whole: an export that raises
+    (torch.export meets an operator it can't trace, say) must never cost a trained model.
     """
     import dataclasses
 
@@ -95,10 +97,21 @@ def write(out: str, state_dict: dict, card: ModelCard, export: bool = True) -> N
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
     storage.write_bytes(storage.join(out, "model", WEIGHTS), buf.getvalue())
-    if export:
-        storage.write_bytes(storage.join(out, "model", EXPORTED), exported_program(state_dict, card))
-        card = dataclasses.replace(card, exported=EXPORTED_USAGE)
-    storage.write_text(storage.join(out, "model", CARD), json.dumps(card.to_json(), indent=2, sort_keys=True) + "\n")
+    card_uri = storage.join(out, "model", CARD)
+    storage.write_text(card_uri, json.dumps(dataclasses.replace(card, exported=None).to_json(), indent=2,
+                                            sort_keys=True) + "\n")
+    storage.delete_tree(storage.join(out, "model", EXPORTED))  # an earlier run's program is not this model
+    if not export:
+        return ""
+    try:
+        program = exported_program(state_dict, card)
+    except Exception as e:  # noqa: BLE001 - whatever torch.export raises, the weights and card stay
+        first_line = (str(e).splitlines() or [""])[0][:200]
+        return f"model.pt2 not written: torch.export failed ({type(e).__name__}: {first_line})"
+    storage.write_bytes(storage.join(out, "model", EXPORTED), program)
+    storage.write_text(card_uri, json.dumps(dataclasses.replace(card, exported=EXPORTED_USAGE).to_json(), indent=2,
+                                            sort_keys=True) + "\n")
+    return ""
 
 
 class Standalone:
@@ -179,20 +192,52 @@ def read_state_dict(uri: str, flag: str = "--weights") -> dict:
 
 
 def load(folder: str, card: ModelCard):
-    """The trained classifier a model/ folder holds, on the CPU, in eval mode."""
-    from raycat.core.model import create_model, load_weights
+    """The trained classifier a model/ folder holds, on the CPU, in eval mode. Strict: weights that
+    do not fit the card (another head, stem or arch) are a ModelError naming the file."""
+    from raycat.core.model import WeightsError, create_model, load_exact
 
     model = create_model(card.arch, len(card.classes), stem=card.stem)
     uri = storage.join(folder, WEIGHTS)
-    load_weights(model, read_state_dict(uri, "MODEL"), uri)
+    try:
+        load_exact(model, read_state_dict(uri, "MODEL"), f"MODEL {uri}")
+    except WeightsError as e:
+        raise ModelError(str(e)) from None
     return model.eval()
 
 
-def starting_model(arch: str, weights: str, stem: str, n_classes: int):
-    """The model a run starts from: `--weights` imagenet, none, or a state dict or model/ folder."""
+def source_card(weights: str) -> ModelCard | None:
+    """The card of the raycat model `--weights` names (a model/ folder, its OUT, or its weights.pt),
+    or None for a bare state dict, whose head's classes nobody can know."""
+    folders = [weights, storage.join(weights, "model")]
+    if storage.basename(weights) == WEIGHTS:
+        folders = [weights[: -len(WEIGHTS)].rstrip("/") or "."]
+    for folder in folders:
+        uri = storage.join(folder, CARD)
+        if storage.exists(uri):
+            try:
+                return ModelCard.parse(json.loads(storage.read_text(uri)), uri)
+            except ValueError as e:
+                raise ModelError(f"--weights {uri}: not a raycat model card ({e})") from None
+    return None
+
+
+def starting_model(arch: str, weights: str, stem: str, classes: list[str]):
+    """(the model a run starts from, a line for the user saying what it took from --weights):
+    imagenet, none, or a state dict or model/ folder. A model's head is kept only when its card's
+    classes are this run's, in the same order; any other head is trained afresh."""
     from raycat.core.model import create_model, load_weights
 
-    model = create_model(arch, n_classes, pretrained=weights == "imagenet", stem=stem)
-    if weights not in ("imagenet", "none"):
-        load_weights(model, read_state_dict(weights), weights)
-    return model
+    model = create_model(arch, len(classes), pretrained=weights == "imagenet", stem=stem)
+    if weights in ("imagenet", "none"):
+        return model, ""
+    card = source_card(weights)
+    keep_head = card is not None and card.classes == list(classes)
+    load_weights(model, read_state_dict(weights), weights, keep_head=keep_head)
+    if keep_head:
+        head = "its head too (the same classes, in the same order)"
+    elif card is None:
+        head = "a fresh head (a bare state dict does not say which classes its head learnt)"
+    else:
+        head = f"a fresh head (its classes {', '.join(card.classes[:6])}{' ...' if len(card.classes) > 6 else ''} " \
+               "are not this run's)"
+    return model, f"--weights {weights}: the body, and {head}"

@@ -93,7 +93,7 @@ def test_weights_from_a_raycat_model_replace_a_head_of_another_size(tmp_path):
     src = create_model("resnet18", 5)
     (tmp_path / "model").mkdir()
     torch.save(src.state_dict(), tmp_path / "model" / "weights.pt")
-    dst = starting_model("resnet18", str(tmp_path), "imagenet", 3)
+    dst = starting_model("resnet18", str(tmp_path), "imagenet", ["a", "b", "c"])[0]
     assert torch.equal(dst.body.conv1.weight, src.body.conv1.weight)
     assert dst.head[-1].out_features == 3
 
@@ -103,16 +103,16 @@ def test_weights_from_a_torchvision_state_dict(tmp_path):
 
     tv = torchvision.models.resnet18(num_classes=10)
     torch.save(tv.state_dict(), tmp_path / "tv.pt")
-    model = starting_model("resnet18", str(tmp_path / "tv.pt"), "imagenet", 3)
+    model = starting_model("resnet18", str(tmp_path / "tv.pt"), "imagenet", ["a", "b", "c"])[0]
     assert torch.equal(model.body.layer4[1].conv2.weight, tv.layer4[1].conv2.weight)
 
 
 def test_bad_weights_are_clear_errors(tmp_path):
     with pytest.raises(ModelError, match="no such file"):
-        starting_model("resnet18", str(tmp_path / "missing.pt"), "imagenet", 3)
+        starting_model("resnet18", str(tmp_path / "missing.pt"), "imagenet", ["a", "b", "c"])
     torch.save(create_model("resnet34", 3).state_dict(), tmp_path / "r34.pt")
     with pytest.raises(WeightsError, match="does not fit the --arch body"):
-        starting_model("resnet18", str(tmp_path / "r34.pt"), "imagenet", 3)
+        starting_model("resnet18", str(tmp_path / "r34.pt"), "imagenet", ["a", "b", "c"])
 
 
 def test_a_pickle_carrying_code_is_refused_and_never_runs(tmp_path):
@@ -125,7 +125,7 @@ def test_a_pickle_carrying_code_is_refused_and_never_runs(tmp_path):
 
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(ModelError, match="not a loadable state dict"):
-        starting_model("resnet18", str(tmp_path / "evil.pt"), "imagenet", 3)
+        starting_model("resnet18", str(tmp_path / "evil.pt"), "imagenet", ["a", "b", "c"])
     assert not marker.exists()
 
 
@@ -160,14 +160,14 @@ def test_the_exported_model_scores_without_raycat_as_raycat_does(tmp_path):
     import sys
 
     from raycat import model_card
-    from raycat.core.augment import IMAGENET_MEAN, IMAGENET_STD
     from raycat.core.evaluate import view_probs
     from raycat.core.tta import tta_views
 
     torch.manual_seed(0)
     model = create_model("resnet18", 3, stem="small_pool").eval()
-    card = model_card.ModelCard(arch="resnet18", classes=["a", "b", "c"], size=32, mean=list(IMAGENET_MEAN),
-                                std=list(IMAGENET_STD), stem="small_pool")
+    # Not ImageNet's mean and std (the defaults): a normalisation hard-coded anywhere would differ.
+    card = model_card.ModelCard(arch="resnet18", classes=["a", "b", "c"], size=32, mean=[0.1, 0.5, 0.8],
+                                std=[0.2, 0.35, 0.6], stem="small_pool")
     model_card.write(str(tmp_path), model.state_dict(), card)
     folder, read = model_card.find(str(tmp_path))
     assert read.exported["file"] == "model.pt2" and "uint8" in read.exported["input"]
@@ -185,3 +185,76 @@ def test_the_exported_model_scores_without_raycat_as_raycat_does(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     theirs = torch.tensor(json.loads(r.stdout.strip().splitlines()[-1]))
     assert theirs.shape == (5, 3) and torch.allclose(theirs, ours, atol=1e-5)
+
+
+def _write_model(folder, classes, n_out=None, stem="imagenet", seed=0):
+    """A raycat model/ folder (weights.pt and model.json) of a resnet18 with `n_out` outputs."""
+    from raycat import model_card
+
+    torch.manual_seed(seed)
+    model = create_model("resnet18", n_out or len(classes), stem=stem)
+    card = model_card.ModelCard(arch="resnet18", classes=list(classes), size=32, mean=[0.5] * 3, std=[0.25] * 3)
+    model_card.write(str(folder), model.state_dict(), card, export=False)
+    return model
+
+
+def test_a_transferred_head_is_kept_only_for_the_same_classes_in_the_same_order(tmp_path):
+    src = _write_model(tmp_path / "src", ["ant", "bee", "wasp"])
+    same, note = starting_model("resnet18", str(tmp_path / "src"), "imagenet", ["ant", "bee", "wasp"])
+    assert torch.equal(same.head[-1].weight, src.head[-1].weight) and "its head too" in note
+    assert torch.equal(same.body.layer4[1].conv2.weight, src.body.layer4[1].conv2.weight)
+    # Three other classes (the same head shape), or the same classes in another order: a fresh head,
+    # the body still transferred. OUT (the model's parent) and model/weights.pt name the same model.
+    for classes, weights in ((["cat", "dog", "fox"], str(tmp_path / "src")),
+                             (["bee", "ant", "wasp"], str(tmp_path / "src" / "model" / "weights.pt"))):
+        other, note = starting_model("resnet18", weights, "imagenet", classes)
+        assert torch.equal(other.body.layer4[1].conv2.weight, src.body.layer4[1].conv2.weight)
+        assert not torch.equal(other.head[-1].weight, src.head[-1].weight), classes
+        assert not torch.equal(other.head[2].weight, src.head[2].weight)
+        assert "fresh head" in note and "ant, bee, wasp" in note
+    # A bare state dict says nothing of its classes: a fresh head.
+    torch.save(src.state_dict(), tmp_path / "bare.pt")
+    bare, note = starting_model("resnet18", str(tmp_path / "bare.pt"), "imagenet", ["ant", "bee", "wasp"])
+    assert not torch.equal(bare.head[-1].weight, src.head[-1].weight) and "bare state dict" in note
+
+
+def test_scoring_refuses_weights_that_do_not_fit_the_card(tmp_path, capsys):
+    from raycat import model_card
+    from raycat.cli import main
+
+    _write_model(tmp_path / "head", ["a", "b", "c"], n_out=5)  # a 5-class head under a 3-class card
+    _write_model(tmp_path / "stem", ["a", "b", "c"], stem="small")  # a small stem under an imagenet card
+    for name, what in (("head", "head.6.weight"), ("stem", "body.conv1.weight")):
+        folder, card = model_card.find(str(tmp_path / name))
+        with pytest.raises(ModelError, match=f"MODEL .*{name}/model/weights.pt: does not fit its model.json.*{what}"):
+            model_card.load(folder, card)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(image)
+    assert main(["predict", str(tmp_path / "head"), str(image)]) == 2
+    assert "weights.pt: does not fit its model.json" in capsys.readouterr().err
+    _write_model(tmp_path / "good", ["a", "b", "c"])
+    folder, card = model_card.find(str(tmp_path / "good"))
+    assert model_card.load(folder, card).head[-1].out_features == 3
+
+
+def test_a_failed_export_keeps_the_weights_and_a_card_without_exported(tmp_path, monkeypatch):
+    from raycat import model_card
+
+    def cannot_trace(state_dict, card):
+        raise RuntimeError("torch.export: unsupported operator aten::frobnicate")
+
+    monkeypatch.setattr(model_card, "exported_program", cannot_trace)
+    torch.manual_seed(0)
+    model = create_model("resnet18", 3)
+    card = model_card.ModelCard(arch="resnet18", classes=["a", "b", "c"], size=32, mean=[0.5] * 3, std=[0.25] * 3)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.pt2").write_bytes(b"an earlier run's program")
+    why = model_card.write(str(tmp_path), model.state_dict(), card)
+    assert "torch.export failed" in why and "frobnicate" in why
+    folder, read = model_card.find(str(tmp_path))
+    assert read.exported is None and read.classes == ["a", "b", "c"]
+    assert not (tmp_path / "model" / "model.pt2").exists()  # never a program of another model
+    loaded = model_card.load(folder, read)
+    assert torch.equal(loaded.head[-1].weight, model.head[-1].weight)

@@ -93,18 +93,21 @@ def create_model(arch: str, n_classes: int, pretrained: bool = False, stem: str 
     return Classifier(body, n_feat, n_classes)
 
 
-def load_weights(model: Classifier, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load a raycat or a plain torchvision state dict into `model`.
+def load_weights(model: Classifier, state: dict[str, torch.Tensor], source: str, keep_head: bool = False) -> None:
+    """Start `model` from a raycat or a plain torchvision state dict (transfer learning).
 
-    A head of another shape (another number of classes) is left as it is, to be trained; a body
-    that does not fit is a WeightsError naming `source`. A stem of another shape (ImageNet weights
-    into a small-stem model) is left freshly initialised too: the rest of the body still transfers.
+    The body is loaded; a body that does not fit is a WeightsError naming `source`. A stem of
+    another shape (ImageNet weights into a small-stem model) is left freshly initialised: the rest
+    of the body still transfers. The head is loaded only with `keep_head`, which the caller sets
+    when it knows the source's head was trained on this run's classes in this order: a head of
+    the same shape for other classes would start the run with confidently wrong answers.
     """
     if not any(k.startswith("body.") for k in state):
         # A plain torchvision ResNet state dict: its non-fc keys are the body's.
         state = {f"body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
     own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape
+              and (keep_head or not k.startswith("head."))}
     body_keys = [k for k in own if k.startswith("body.") and not k.startswith("body.conv1.")]
     missing_body = [k for k in body_keys if k not in usable]
     extra_body = [k for k in state if k.startswith("body.") and k not in own]
@@ -112,7 +115,24 @@ def load_weights(model: Classifier, state: dict[str, torch.Tensor], source: str)
         example = (missing_body or extra_body)[0]
         raise WeightsError(f"--weights {source}: does not fit the --arch body ({len(missing_body)} body tensors "
                            f"missing or of another shape, {len(extra_body)} unknown; e.g. {example})")
+    if keep_head and not all(k in usable for k in own if k.startswith("head.")):
+        raise WeightsError(f"--weights {source}: its head does not fit this run's {model.n_classes} classes")
     model.load_state_dict(usable, strict=False)
+
+
+def load_exact(model: Classifier, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a trained model's weights for scoring: every tensor, of the same shape, nothing more.
+    Scoring with a freshly initialised head or stem would give confident nonsense, so any
+    mismatch is a WeightsError naming `source`."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unknown = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unknown or reshaped:
+        detail = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for what, keys in (
+            ("missing", missing), ("unknown", unknown), ("of another shape", reshaped)) if keys)
+        raise WeightsError(f"{source}: does not fit its model.json ({detail})")
+    model.load_state_dict(state, strict=True)
 
 
 def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
