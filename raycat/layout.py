@@ -189,11 +189,20 @@ def _from_labels_file(root: str, labels: str, valid_pct: float | None, seed: int
     import posixpath
 
     try:
-        text = storage.read_text(labels)
+        # utf-8-sig: a CSV saved by Excel starts with a byte-order mark, which would hide the first
+        # column's name.
+        text = storage.read_bytes(labels).decode("utf-8-sig")
     except FileNotFoundError:
         raise LayoutError(f"--labels {labels}: no such file") from None
-    rows = list(csv.DictReader(io.StringIO(text)))
-    header = [h.strip() for h in (rows[0].keys() if rows else [])]
+    except UnicodeDecodeError as e:
+        raise LayoutError(f"--labels {labels}: not UTF-8 text ({e})") from None
+    table = list(csv.reader(io.StringIO(text)))
+    # Names and values are stripped alike: `fname, label` is a header of two columns, not of
+    # `fname` and ` label`.
+    header = [h.strip() for h in table[0]] if table else []
+    # (line number as an editor shows it, the header being 1; the row by column name)
+    rows = [(n, dict(zip(header, (v.strip() for v in r), strict=False)))
+            for n, r in enumerate(table[1:], start=2) if any(v.strip() for v in r)]
     path_col = next((c for c in PATH_COLUMNS if c in header), None)
     label_col = "label" if "label" in header else None
     if not rows or path_col is None or label_col is None:
@@ -202,6 +211,9 @@ def _from_labels_file(root: str, labels: str, valid_pct: float | None, seed: int
     split_col = next((c for c in SPLIT_COLUMNS if c in header), None)
     if split_col is None and not valid_pct:
         raise LayoutError(f"--labels {labels}: no split or is_valid column; add --valid-pct P to split it")
+    if split_col is not None and valid_pct:
+        raise LayoutError(f"--valid-pct: --labels {labels} splits the images already (its {split_col} column); drop "
+                          "--valid-pct to use it")
     # The images under DATA, by their path relative to it and by that path without its extension
     # (Kaggle's id column names files without one).
     files: dict[str, str] = {}
@@ -212,8 +224,8 @@ def _from_labels_file(root: str, labels: str, valid_pct: float | None, seed: int
             files.setdefault(posixpath.splitext(rel)[0], uri)
     bad: list[tuple[str, str]] = []
     train_items, valid_items, plain = [], [], []
-    for n, row in enumerate(rows, start=2):  # line numbers as an editor shows them (the header is 1)
-        name, label = (row.get(path_col) or "").strip(), (row.get(label_col) or "").strip()
+    for n, row in rows:
+        name, label = row.get(path_col) or "", row.get(label_col) or ""
         where = f"{labels} line {n}"
         if not name:
             bad.append((where, "no image named"))
@@ -228,7 +240,7 @@ def _from_labels_file(root: str, labels: str, valid_pct: float | None, seed: int
         if split_col is None:
             plain.append((uri, label))
             continue
-        value = (row.get(split_col) or "").strip().lower()
+        value = (row.get(split_col) or "").lower()
         if value in ("valid", "validation", "true", "1", "yes"):
             valid_items.append((uri, label))
         elif value in ("train", "training", "false", "0", "no"):
@@ -238,9 +250,23 @@ def _from_labels_file(root: str, labels: str, valid_pct: float | None, seed: int
     if split_col is None:
         train_items, valid_items = stratified_split(plain, valid_pct, seed)
     classes = sorted({c for _, c in train_items + valid_items})
+    # A label becomes a class name, and class names become folder names and model.json's classes,
+    # which predict checks: refuse here what it would refuse after a whole training run.
+    unsafe = unsafe_class_names(classes)
+    if unsafe:
+        raise LayoutError(f"--labels {labels}: labels must be usable as folder names, not {', '.join(unsafe)}")
     _two_classes(root, classes)
     if not train_items or not valid_items:
         raise LayoutError(f"--labels {labels}: no {'train' if not train_items else 'valid'} images left "
                           f"({len(bad)} rows could not be used)")
+    if split_col is not None:
+        # As the folder layout refuses train/ and valid/ with other classes: a class seen only in
+        # valid can't be learnt, and one only in train can't be measured.
+        in_train, in_valid = {c for _, c in train_items}, {c for _, c in valid_items}
+        detail = "; ".join(s for s in (
+            f"only in train: {', '.join(sorted(in_train - in_valid))}" if in_train - in_valid else "",
+            f"only in valid: {', '.join(sorted(in_valid - in_train))}" if in_valid - in_train else "") if s)
+        if detail:
+            raise LayoutError(f"--labels {labels}: train and valid rows have different classes ({detail})")
     return DatasetLayout(root=root, classes=classes, train=_split(train_items, classes),
                          valid=_split(valid_items, classes), test=Split(), bad=bad)

@@ -119,3 +119,42 @@ def test_a_labels_file_without_a_split_needs_valid_pct_and_one_without_columns_i
         scan_layout(str(tmp_path), labels=str(tmp_path / "bad.csv"))
     with pytest.raises(LayoutError, match="--labels .*missing.csv: no such file"):
         scan_layout(str(tmp_path), labels=str(tmp_path / "missing.csv"))
+
+
+def test_a_labels_header_with_spaces_and_an_excel_bom_reads_every_column(tmp_path):
+    make(tmp_path, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    # Excel's UTF-8 CSV: a byte-order mark first; and a header written with spaces after commas.
+    (tmp_path / "labels.csv").write_bytes("\ufefffname, label , split\na.jpg, cat, train\nb.jpg,dog ,train\n"
+                                          "c.jpg , cat, valid\n\nd.jpg,dog,valid\n".encode("utf-8"))
+    lay = scan_layout(str(tmp_path), labels=str(tmp_path / "labels.csv"))
+    assert lay.classes == ["cat", "dog"] and not lay.bad
+    assert [os.path.basename(p) for p in lay.train.paths] == ["a.jpg", "b.jpg"] and lay.train.labels == [0, 1]
+    assert [os.path.basename(p) for p in lay.valid.paths] == ["c.jpg", "d.jpg"] and lay.valid.labels == [0, 1]
+
+
+@pytest.mark.parametrize("label", ["a/b", ".", "..", "x\\y"])
+def test_labels_that_could_not_be_folder_names_are_refused_before_training(tmp_path, label):
+    make(tmp_path, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    (tmp_path / "labels.csv").write_text(f"fname,label,split\na.jpg,cat,train\nb.jpg,{label},train\n"
+                                         f"c.jpg,cat,valid\nd.jpg,{label},valid\n")
+    with pytest.raises(LayoutError, match="labels must be usable as folder names"):
+        scan_layout(str(tmp_path), labels=str(tmp_path / "labels.csv"))
+
+
+def test_a_split_column_with_a_class_only_in_valid_or_only_in_train_is_refused(tmp_path):
+    make(tmp_path, ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"])
+    (tmp_path / "labels.csv").write_text("fname,label,split\na.jpg,cat,train\nb.jpg,dog,train\n"
+                                         "c.jpg,cat,valid\nd.jpg,dog,valid\ne.jpg,fox,valid\n")
+    with pytest.raises(LayoutError, match="different classes \\(only in valid: fox\\)"):
+        scan_layout(str(tmp_path), labels=str(tmp_path / "labels.csv"))
+    (tmp_path / "labels.csv").write_text("fname,label,split\na.jpg,cat,train\nb.jpg,dog,train\n"
+                                         "c.jpg,cat,valid\ne.jpg,fox,train\nd.jpg,dog,valid\n")
+    with pytest.raises(LayoutError, match="only in train: fox"):
+        scan_layout(str(tmp_path), labels=str(tmp_path / "labels.csv"))
+
+
+def test_valid_pct_with_a_split_column_is_refused(tmp_path):
+    make(tmp_path, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    (tmp_path / "labels.csv").write_text("fname,label,is_valid\na.jpg,cat,0\nb.jpg,dog,0\nc.jpg,cat,1\nd.jpg,dog,1\n")
+    with pytest.raises(LayoutError, match=r"--valid-pct: --labels .*labels.csv splits the images already \(its is_valid"):
+        scan_layout(str(tmp_path), labels=str(tmp_path / "labels.csv"), valid_pct=0.2)
