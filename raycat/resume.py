@@ -9,13 +9,17 @@ for a run that was cut off, and wrong for two cases this module guards against:
   recipes, and starting over would throw its checkpoints away, so raycat stops (exit 2), names
   the settings that differ and says how to start over.
 
-Only the recipe (config.Recipe) and the classes must match: resources may change between the
-runs (workers, GPUs, CPUs, cache, cluster address, where the data lives), so a run cut off on one
-cluster can go on on another.
+The recipe (config.Recipe), the classes and the train/valid split must match: a run resumed on
+another split (another --labels or --valid-pct, or images added under DATA) may have trained on
+images it now validates on. The split is compared by a digest of every image's path relative to
+DATA and its label, so the data may move. Resources may change between the runs (workers, GPUs,
+CPUs, cache, cluster address, where the data lives), so a run cut off on one cluster can go on on
+another.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from raycat import storage
@@ -33,22 +37,36 @@ def run_dir(out: str, name: str) -> str:
     return storage.join(out, "checkpoints", name)
 
 
-def settings(cfg: TrainConfig, classes: list[str]) -> dict:
-    """What a run computes: the recipe's settings and the classes it learns."""
-    return {**to_dict(cfg.recipe), "classes": list(classes)}
+def split_digest(layout) -> str:
+    """A digest of the train/valid split (layout.DatasetLayout): each image's path relative to DATA
+    and its label, split by split, in the layout's (sorted, seeded) order."""
+    h = hashlib.sha256()
+    for name in ("train", "valid"):
+        split = getattr(layout, name)
+        h.update(f"[{name}]\n".encode())
+        for path, label in zip(split.paths, split.labels, strict=True):
+            h.update(f"{'/'.join(storage.relative_parts(layout.root, path))}\t{label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def settings(cfg: TrainConfig, classes: list[str], split: str) -> dict:
+    """What a run computes: the recipe's settings, the classes it learns and the split it learns on."""
+    return {**to_dict(cfg.recipe), "classes": list(classes), "valid_pct": cfg.valid_pct, "split": split}
 
 
 def differences(before: dict, now: dict) -> list[str]:
     """'key: old -> new' for each setting that differs, sorted by key."""
     keys = sorted(set(before) | set(now))
-    return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)]
+    return [f"split: the images in train and valid differ (another --labels or --valid-pct, or images added or "
+            f"removed under DATA)" if k == "split" else f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
+            for k in keys if before.get(k) != now.get(k)]
 
 
 def _has_checkpoints(uri: str) -> bool:
     return any(n.startswith("checkpoint_") for n in storage.list_dir(uri))
 
 
-def prepare(cfg: TrainConfig, classes: list[str], name: str = "train") -> str:
+def prepare(cfg: TrainConfig, classes: list[str], split: str, name: str = "train") -> str:
     """Make OUT/checkpoints/<name> ready for this run; returns what happens, for the user.
 
     Called before any cluster time is spent. Raises ResumeError if an unfinished run with other
@@ -57,7 +75,7 @@ def prepare(cfg: TrainConfig, classes: list[str], name: str = "train") -> str:
     if name != "train":  # lr-find is one short unit: always a fresh sweep
         storage.delete_tree(where)
         return ""
-    now = settings(cfg, classes)
+    now = settings(cfg, classes, split)
     marker = storage.join(where, MARKER)
     message = ""
     if storage.exists(marker):
@@ -81,8 +99,8 @@ def prepare(cfg: TrainConfig, classes: list[str], name: str = "train") -> str:
     return message
 
 
-def mark_finished(cfg: TrainConfig, classes: list[str], name: str = "train") -> None:
+def mark_finished(cfg: TrainConfig, classes: list[str], split: str, name: str = "train") -> None:
     """After every output is written: the next run with this OUT starts afresh."""
     marker = storage.join(run_dir(cfg.out, name), MARKER)
-    storage.write_text(marker, json.dumps({"settings": settings(cfg, classes), "finished": True}, indent=2,
+    storage.write_text(marker, json.dumps({"settings": settings(cfg, classes, split), "finished": True}, indent=2,
                                           sort_keys=True) + "\n")

@@ -31,6 +31,8 @@ class FitResult:
     classes: list[str]
     cache: bool
     cpus_per_worker: int
+    split: str  # resume.split_digest of the layout trained on
+    notes: list[str]  # what the driver decided (the head --weights gave), for metrics.json
     started_at: float  # when the command started (time.time())
     ray_up_at: float  # when Ray was up (joined or started)
 
@@ -77,7 +79,7 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
     import torch
 
     torch.manual_seed(recipe.seed)
-    model = model_card.starting_model(recipe.arch, recipe.weights, recipe.stem, len(layout.classes))
+    model, weights_note = model_card.starting_model(recipe.arch, recipe.weights, recipe.stem, layout.classes)
     # model/weights.pt, two kept checkpoints and one being written (each about a copy of the
     # weights), the plots and tables.
     outputs.check_space(cfg.out, 4 * outputs.model_bytes(model.state_dict()) + 16 * outputs.MB,
@@ -85,8 +87,11 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
     if len(layout.train) < res.workers:
         raise InputError(f"--workers {res.workers}: more workers than training images ({len(layout.train)})")
     name = "lr_find" if only_lr_find else "train"
+    split = resume.split_digest(layout)
+    if weights_note:
+        print(f"raycat {name}: {weights_note}")
     if resumable:  # tune's trials resume through Tune instead
-        note = resume.prepare(cfg, layout.classes, name)
+        note = resume.prepare(cfg, layout.classes, split, name)
         if note:
             print(note)
 
@@ -135,8 +140,8 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
     if result is None:
         raise RuntimeError("training ended without a checkpoint")
     result.skipped = sorted(set(result.skipped) | set(layout.bad))  # rows the labels file could not use
-    return FitResult(result=result, classes=layout.classes, cache=cache, cpus_per_worker=cpus, started_at=started_at,
-                     ray_up_at=ray_up_at)
+    return FitResult(result=result, classes=layout.classes, cache=cache, cpus_per_worker=cpus, split=split,
+                     notes=[weights_note] if weights_note else [], started_at=started_at, ray_up_at=ray_up_at)
 
 
 def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dict:
@@ -146,11 +151,18 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
 
     out, r, state = cfg.out, cfg.recipe.resolved(), fitted.result.state
     f = state.final
+    # The driver's notes, then the recipe's; write_files may add one (a failed export) before
+    # metrics.json, which holds this very list, is written last.
+    notes = [*fitted.notes, *state.notes]
 
     def write_files() -> None:
         card = model_card.ModelCard(arch=r.arch, classes=fitted.classes, size=r.size, mean=list(IMAGENET_MEAN),
                                     std=list(IMAGENET_STD), stem=r.stem, aug=r.aug, max_zoom=r.max_zoom)
-        model_card.write(out, state.model_state, card)
+        export_failed = model_card.write(out, state.model_state, card)
+        if export_failed:
+            print(f"raycat train: {export_failed}; model/weights.pt and model/model.json are whole, and predict "
+                  "uses them")
+            notes.append(export_failed)
         outputs.write_dicts(storage.join(out, "history.csv"), state.history, HISTORY_COLUMNS)
         storage.write_bytes(storage.join(out, "history.png"), plots.history_png(state.history))
         outputs.write_dicts(storage.join(out, "steps.csv"), state.steps,
@@ -183,7 +195,7 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
         "base_lr": state.base_lr,
         "unfrozen_lr": state.unfrozen_lr,
         "stopped_early": state.stopped_early,
-        "notes": state.notes,
+        "notes": notes,
         "workers": cfg.resources.workers,
         "cpus_per_worker": fitted.cpus_per_worker,
         "cache": "memory" if fitted.cache else "stream",
@@ -207,7 +219,7 @@ def run_train(cfg: TrainConfig) -> int:
     tracker = tracking.tracker(cfg.tracking, cfg.out, to_dict(cfg.recipe), run_name=storage.basename(cfg.out))
     fitted = fit(cfg, on_epoch=tracker.log_epoch)
     metrics = write_train_outputs(cfg, fitted, {})
-    resume.mark_finished(cfg, fitted.classes)
+    resume.mark_finished(cfg, fitted.classes, fitted.split)
     tracker.log_metrics(metrics)
     tracker.finish(cfg.out)
     f = fitted.result.state.final

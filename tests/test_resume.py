@@ -10,6 +10,7 @@ from raycat.config import Recipe, TrainConfig, TrainResources
 from raycat.errors import BadInput
 
 CLASSES = ["cat", "dog"]
+SPLIT = "0123456789abcdef"
 
 
 def cfg(tmp_path, workers=1, address=None, **kw):
@@ -23,57 +24,88 @@ def fake_checkpoint(c):
 
 def test_a_fresh_out_starts_a_run_and_notes_its_settings(tmp_path):
     c = cfg(tmp_path, lr=0.01)
-    assert resume.prepare(c, CLASSES) == ""
+    assert resume.prepare(c, CLASSES, SPLIT) == ""
     note = json.load(open(os.path.join(resume.run_dir(c.out, "train"), resume.MARKER)))
     assert note["finished"] is False and note["settings"]["lr"] == 0.01 and note["settings"]["classes"] == CLASSES
 
 
 def test_an_unfinished_run_with_the_same_settings_is_resumed_and_says_so(tmp_path):
     c = cfg(tmp_path, lr=0.01)
-    resume.prepare(c, CLASSES)
+    resume.prepare(c, CLASSES, SPLIT)
     fake_checkpoint(c)
     # other resources are fine: the run may go on on another cluster
     again = cfg(tmp_path, lr=0.01, workers=4, address="ray://elsewhere:10001")
-    assert "resuming the unfinished run" in resume.prepare(again, CLASSES)
+    assert "resuming the unfinished run" in resume.prepare(again, CLASSES, SPLIT)
     assert os.listdir(resume.run_dir(c.out, "train")) != [resume.MARKER]  # the checkpoint is still there
 
 
 def test_an_unfinished_run_with_other_settings_is_refused_naming_them(tmp_path):
     c = cfg(tmp_path, lr=0.01)
-    resume.prepare(c, CLASSES)
+    resume.prepare(c, CLASSES, SPLIT)
     fake_checkpoint(c)
     with pytest.raises(resume.ResumeError, match=r"lr: 0\.01 -> 0\.02.*remove") as e:
-        resume.prepare(cfg(tmp_path, lr=0.02), CLASSES)
+        resume.prepare(cfg(tmp_path, lr=0.02), CLASSES, SPLIT)
     assert isinstance(e.value, BadInput)  # exit 2, before any cluster time
     with pytest.raises(resume.ResumeError, match=r"classes: \['cat', 'dog'\] -> \['cat', 'emu'\]"):
-        resume.prepare(c, ["cat", "emu"])
+        resume.prepare(c, ["cat", "emu"], SPLIT)
     assert any(n.startswith("checkpoint_") for n in os.listdir(resume.run_dir(c.out, "train")))  # nothing lost
 
 
 def test_a_finished_run_is_cleared_and_a_new_one_starts(tmp_path):
     c = cfg(tmp_path, lr=0.01)
-    resume.prepare(c, CLASSES)
+    resume.prepare(c, CLASSES, SPLIT)
     fake_checkpoint(c)
-    resume.mark_finished(c, CLASSES)
-    assert "finished; starting a new one" in resume.prepare(cfg(tmp_path, lr=0.5), CLASSES)
+    resume.mark_finished(c, CLASSES, SPLIT)
+    assert "finished; starting a new one" in resume.prepare(cfg(tmp_path, lr=0.5), CLASSES, SPLIT)
     assert os.listdir(resume.run_dir(c.out, "train")) == [resume.MARKER]
 
 
 def test_a_run_cut_off_before_its_first_checkpoint_just_starts(tmp_path):
     c = cfg(tmp_path, lr=0.01)
-    resume.prepare(c, CLASSES)
-    assert resume.prepare(cfg(tmp_path, lr=0.02), CLASSES) == ""
+    resume.prepare(c, CLASSES, SPLIT)
+    assert resume.prepare(cfg(tmp_path, lr=0.02), CLASSES, SPLIT) == ""
 
 
 def test_checkpoints_raycat_did_not_write_are_left_alone(tmp_path):
     c = cfg(tmp_path)
     fake_checkpoint(c)
     with pytest.raises(resume.ResumeError, match="did not write"):
-        resume.prepare(c, CLASSES)
+        resume.prepare(c, CLASSES, SPLIT)
 
 
 def test_lr_find_always_sweeps_afresh(tmp_path):
     c = cfg(tmp_path)
     os.makedirs(os.path.join(resume.run_dir(c.out, "lr_find"), "checkpoint_x"))
-    assert resume.prepare(c, CLASSES, "lr_find") == ""
+    assert resume.prepare(c, CLASSES, SPLIT, "lr_find") == ""
     assert not os.path.exists(resume.run_dir(c.out, "lr_find"))
+
+
+def test_a_rerun_on_another_split_is_refused(tmp_path):
+    """Another --valid-pct, or another --labels file, is another split: resuming would validate on
+    images the checkpoints trained on."""
+    from raycat.layout import scan_layout
+
+    root = tmp_path / "data"
+    for c in ("cat", "dog"):
+        (root / "train" / c).mkdir(parents=True)
+        for i in range(10):
+            (root / "train" / c / f"{i}.jpg").write_bytes(b"")
+    a = resume.split_digest(scan_layout(str(root), valid_pct=0.2, seed=0))
+    assert a == resume.split_digest(scan_layout(str(root), valid_pct=0.2, seed=0))  # a digest, not a nonce
+    c = TrainConfig(data=str(root), out=str(tmp_path / "out"), valid_pct=0.2, recipe=Recipe(lr=0.01))
+    resume.prepare(c, CLASSES, a)
+    fake_checkpoint(c)
+    other_pct = TrainConfig(data=str(root), out=c.out, valid_pct=0.3, recipe=Recipe(lr=0.01))
+    with pytest.raises(resume.ResumeError, match=r"split: the images in train and valid differ.*valid_pct: 0\.2 -> 0\.3"):
+        resume.prepare(other_pct, CLASSES, resume.split_digest(scan_layout(str(root), valid_pct=0.3, seed=0)))
+    # The same --valid-pct with another draw (as another labels file would give): refused too.
+    moved = resume.split_digest(scan_layout(str(root), valid_pct=0.2, seed=1))
+    assert moved != a
+    with pytest.raises(resume.ResumeError, match="split: the images in train and valid differ"):
+        resume.prepare(c, CLASSES, moved)
+    # The same split from a copy of DATA elsewhere resumes.
+    import shutil
+
+    shutil.copytree(root, tmp_path / "copy")
+    assert resume.split_digest(scan_layout(str(tmp_path / "copy"), valid_pct=0.2, seed=0)) == a
+    assert "resuming" in resume.prepare(c, CLASSES, a)
