@@ -57,8 +57,8 @@ def settings(cfg: TrainConfig, classes: list[str], split: str) -> dict:
 def differences(before: dict, now: dict) -> list[str]:
     """'key: old -> new' for each setting that differs, sorted by key."""
     keys = sorted(set(before) | set(now))
-    return [f"split: the images in train and valid differ (another --labels or --valid-pct, or images added or "
-            f"removed under DATA)" if k == "split" else f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
+    return ["split: the images in train and valid differ (another --labels or --valid-pct, or images added or "
+            "removed under DATA)" if k == "split" else f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
             for k in keys if before.get(k) != now.get(k)]
 
 

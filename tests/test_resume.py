@@ -96,7 +96,7 @@ def test_a_rerun_on_another_split_is_refused(tmp_path):
     resume.prepare(c, CLASSES, a)
     fake_checkpoint(c)
     other_pct = TrainConfig(data=str(root), out=c.out, valid_pct=0.3, recipe=Recipe(lr=0.01))
-    with pytest.raises(resume.ResumeError, match=r"split: the images in train and valid differ.*valid_pct: 0\.2 -> 0\.3"):
+    with pytest.raises(resume.ResumeError, match=r"split: the images in train and valid .*valid_pct: 0\.2 -> 0\.3"):
         resume.prepare(other_pct, CLASSES, resume.split_digest(scan_layout(str(root), valid_pct=0.3, seed=0)))
     # The same --valid-pct with another draw (as another labels file would give): refused too.
     moved = resume.split_digest(scan_layout(str(root), valid_pct=0.2, seed=1))
