@@ -8,12 +8,17 @@ and writes its Parquet part and summary (scoring.py); the driver only merges the
 many images there are.
 
 Parts and summaries go to OUT/.raycat-predict/ first. A run that dies leaves them there: the same
-command with the same OUT scores only the shards without a summary. When every shard is done the
-parts become OUT/predictions/ and the summary files are written, metrics.json last.
+command with the same OUT scores only the shards without a summary. A shard's summary is reused
+only for the same model (a digest of weights.pt and the card, in the run's note) and the same
+images (a digest of the shard's paths and labels, in the summary): a retrained model or an image
+added under IMAGES is scored again, never mixed with an earlier run's rows. When every shard is
+done the parts become OUT/predictions/ and the summary files are written, metrics.json last;
+each step of that final write can be cut off and the same command finishes it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import resource
 import sys
@@ -23,10 +28,11 @@ from dataclasses import dataclass, field
 from raycat import grids, listing, model_card, outputs, storage
 from raycat.config import PredictConfig
 from raycat.errors import BadInput
-from raycat.scoring import DONE, PARTS, ScoringSpec, summary_uri
+from raycat.scoring import DONE, PARTS, ScoringSpec, part_name
 
 RUN_DIR = ".raycat-predict"
 RUN_NOTE = "run.json"
+PUBLISHED = "published"  # in the run folder: OUT/predictions/ holds this run's parts, whole
 PROGRESS_EVERY_S = 10.0  # seconds between progress lines when stdout is not a terminal
 PER_RUN_FILES = ["confusion_matrix.csv", "confusion_matrix.png", "most_confused.csv", "skipped.csv", *grids.FILES]
 
@@ -41,6 +47,7 @@ class Tally:
 
     classes: list[str]
     top: int
+    images: str = ""  # IMAGES, for messages
     n_images: int = 0
     shards: int = 0
     cm: list[list[int]] | None = None
@@ -49,11 +56,17 @@ class Tally:
     least_confident: list = field(default_factory=list)
     resumed_shards: int = 0  # scored by an earlier run that died, and not again
     resumed_images: int = 0
+    # {shard: digest of its images} for every shard this listing gave (a few thousand per million images)
+    ids: dict[str, str] = field(default_factory=dict)
 
     def add(self, s: dict) -> None:
         from raycat.core.metrics import keep_top
 
         self.shards += 1
+        self.ids[s["shard"]] = s["digest"]
+        if s.get("resumed"):
+            self.resumed_shards += 1
+            self.resumed_images += s["n_scored"] + len(s["skipped"])
         self.n_images += s["n_scored"]
         self.skipped += [tuple(x) for x in s["skipped"]]
         if s["cm"] is not None:
@@ -64,9 +77,14 @@ class Tally:
                                         key=lambda r: (r[0], r[1]), largest=False)
 
 
-def run_settings(cfg: PredictConfig, model: str) -> dict:
-    """What a resumed run must share with the run it goes on with."""
-    return {"model": model, "images": cfg.images[0], "tta": cfg.tta, "tta_beta": cfg.tta_beta, "top": cfg.top}
+def run_settings(cfg: PredictConfig, model: str, card) -> dict:
+    """What a resumed run must share with the run it goes on with: the model (its folder, and a
+    digest of its weights and card, so a model retrained into the same folder is not mixed with
+    the old one's scores) and the scoring settings. The images are checked shard by shard."""
+    h = hashlib.sha256(storage.read_bytes(storage.join(model, model_card.WEIGHTS)))
+    h.update(json.dumps({**card.to_json(), "exported": None}, sort_keys=True).encode())
+    return {"model": model, "model_digest": h.hexdigest()[:16], "images": cfg.images[0], "tta": cfg.tta,
+            "tta_beta": cfg.tta_beta, "top": cfg.top}
 
 
 def prepare_run(run: str, settings: dict) -> set[str]:
@@ -80,7 +98,10 @@ def prepare_run(run: str, settings: dict) -> set[str]:
             if done:
                 print(f"raycat predict: resuming the unfinished run in {run}: {len(done)} shard(s) already scored")
             return done
-        print(f"raycat predict: {run} holds an unfinished run with other settings; starting over")
+        from raycat.resume import differences
+
+        changed = "; ".join(d.split(":")[0] if d.startswith("model_digest") else d for d in differences(before, settings))
+        print(f"raycat predict: {run} holds an unfinished run with other settings ({changed}); starting over")
     storage.delete_tree(run)
     storage.write_text(note, json.dumps(settings, sort_keys=True))
     return set()
@@ -106,22 +127,18 @@ def run_predict(cfg: PredictConfig) -> int:
     cpus = ray_session.worker_cpus(res.cpus_per_worker, res.workers, res.gpu, ray_session.node_cpus())
     run = storage.join(cfg.out, RUN_DIR)
     storage.remove_stale_staging(cfg.out)
-    done = prepare_run(run, run_settings(cfg, folder))
+    done = prepare_run(run, run_settings(cfg, folder, card))
+    # Shards an earlier run scored still go to an actor, which reuses the summary when the shard
+    # holds the same images (it has the paths; the driver never does) and scores it otherwise.
     spec = ScoringSpec(model=folder, card=card.to_json(), tta=cfg.tta, tta_beta=cfg.tta_beta,
-                       batch_size=cfg.batch_size, gpu=res.gpu, cpus=cpus, run=run, top=cfg.top)
+                       batch_size=cfg.batch_size, gpu=res.gpu, cpus=cpus, run=run, top=cfg.top, done=frozenset(done))
     tasks = max(1, min(len(units), 8))
-    # The listing tasks leave out the shards an earlier run scored (a separate filter step would
-    # be a task needing a CPU that the scoring actors hold).
     shards = ray.data.from_items(units, override_num_blocks=len(units)).flat_map(
-        listing.list_unit, fn_kwargs={"source": source, "skip": frozenset(done)}, num_cpus=0,
-        compute=ray.data.TaskPoolStrategy(size=tasks))
+        listing.list_unit, fn_kwargs={"source": source}, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=tasks))
     scored = shards.map_batches(Scorer, fn_constructor_kwargs={"spec": spec}, batch_size=1,
                                 compute=ray.data.ActorPoolStrategy(size=res.workers), num_cpus=cpus,
                                 num_gpus=1 if res.gpu else None)
-    tally = Tally(card.classes, cfg.top)
-    for shard in sorted(done):
-        tally.add(json.loads(storage.read_text(summary_uri(run, shard))))
-    tally.resumed_shards, tally.resumed_images = tally.shards, tally.n_images + len(tally.skipped)
+    tally = Tally(card.classes, cfg.top, images=cfg.images[0])
     first, said = None, time.time()
     for row in scored.iter_rows():
         first = first or time.time() - t0
@@ -156,8 +173,7 @@ def write_predict_outputs(cfg: PredictConfig, folder: str, card, run: str, tally
     import torch
 
     def write_files() -> None:
-        if tally.n_images:
-            storage.replace_tree(storage.join(run, PARTS), storage.join(out, "predictions"))
+        publish_predictions(run, out, tally)
         if n_labelled:
             t = torch.tensor(cm)
             outputs.write_confusion(out, t, classes, f"confusion matrix ({n_labelled} labelled images)")
@@ -175,9 +191,43 @@ def write_predict_outputs(cfg: PredictConfig, folder: str, card, run: str, tally
                   "precision": dict(zip(classes, prec, strict=True)), "recall": dict(zip(classes, rec, strict=True))})
     m["seconds"] = round(time.time() - t0, 2)
     m["first_shard_seconds"] = round(first if first is not None else m["seconds"], 2)
-    outputs.write_run(out, write_files, m, stale=["predictions", *PER_RUN_FILES])
+    outputs.write_run(out, write_files, m, stale=PER_RUN_FILES)
     storage.delete_tree(run)
     return m
+
+
+def publish_predictions(run: str, out: str, tally: Tally) -> None:
+    """The run's Parquet parts become OUT/predictions/, restartably: a run cut off anywhere in here
+    (or later in the final write) is finished by the same command, which finds either the parts
+    still whole or the PUBLISHED note saying they were moved.
+
+    Local: one rename (replace_tree), after which the parts folder is gone and predictions/ whole,
+    so a missing parts folder without the note means the rename happened. S3 has no rename: the
+    parts are copied and stay until the note is written."""
+    note, parts, dest = storage.join(run, PUBLISHED), storage.join(run, PARTS), storage.join(out, "predictions")
+    which = hashlib.sha256(json.dumps(sorted(tally.ids.items())).encode()).hexdigest()
+    if storage.exists(note):
+        if storage.read_text(note) == which:
+            return
+        # IMAGES changed after an earlier run published its parts and before it finished: those
+        # parts are gone, so this run can't be finished from them. Start afresh next time.
+        storage.delete_tree(run)
+        raise PredictInputError(f"IMAGES {tally.images}: changed while an earlier run into this OUT was writing its "
+                                "outputs; run the same command again to score them afresh")
+    if not tally.n_images:
+        storage.delete_tree(dest)  # an earlier run's predictions are not this run's
+    elif storage.exists(parts):
+        # A part whose shard this listing did not give (an image removed since a run that died).
+        wanted = {part_name(s) for s in tally.ids}
+        for name in storage.list_dir(parts):
+            if name not in wanted:
+                storage.delete_tree(storage.join(parts, name))
+        if storage.is_s3(out):
+            storage.delete_tree(dest)
+            storage.copy_tree(parts, dest)
+        else:
+            storage.replace_tree(parts, dest)
+    storage.write_text(note, which)
 
 
 def predict_files(cfg: PredictConfig) -> int:

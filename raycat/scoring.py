@@ -8,6 +8,7 @@ beside it. The summary is written last: it marks the shard done, so a resumed ru
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zlib
@@ -36,10 +37,21 @@ class ScoringSpec:
     cpus: int
     run: str  # the run's staging folder (predict_job.py)
     top: int  # candidates each shard keeps for the top-losses and least-confident grids
+    done: frozenset = frozenset()  # shards an earlier run of the same settings wrote a summary for
+
+
+def part_name(shard: str) -> str:
+    return f"part-{shard}.parquet"
 
 
 def part_uri(run: str, shard: str) -> str:
-    return storage.join(run, PARTS, f"part-{shard}.parquet")
+    return storage.join(run, PARTS, part_name(shard))
+
+
+def shard_digest(paths: list[str], labels: list[int], bad: list) -> str:
+    """What a shard holds: a resumed run reuses a shard's summary only for the same images."""
+    h = hashlib.sha256(json.dumps([paths, labels, [list(b) for b in bad]]).encode())
+    return h.hexdigest()[:16]
 
 
 def summary_uri(run: str, shard: str) -> str:
@@ -87,6 +99,11 @@ class Scorer:
 
         shard, paths, labels, bad = shard_of(row)
         spec, classes, k = self.spec, self.card.classes, len(self.card.classes)
+        digest = shard_digest(paths, labels, bad)
+        if shard in spec.done:
+            earlier = json.loads(storage.read_text(summary_uri(spec.run, shard)))
+            if earlier.get("digest") == digest:
+                return {**earlier, "resumed": True}
         # Views drawn from the shard's own seed: a rerun or a resumed run scores a shard identically.
         gen = torch.Generator().manual_seed(zlib.crc32(shard.encode()))
         views = tta_views(self.card.augment_spec(), spec.tta, gen)
@@ -117,7 +134,7 @@ class Scorer:
         cm = metrics.confusion_matrix(p[labelled].argmax(1), y[labelled], k) if labelled.any() else None
         look = metrics.worth_a_look(p, y, spec.top)
         summary = {
-            "shard": shard, "n_scored": len(kept_paths), "skipped": skipped,
+            "shard": shard, "digest": digest, "n_scored": len(kept_paths), "skipped": skipped,
             "cm": cm.tolist() if cm is not None else None,
             **{grid: metrics.name_rows(rows, kept_paths, classes) for grid, rows in look.items()},
         }

@@ -337,3 +337,20 @@ def local_copy(uri: str, dest_dir: str | None = None) -> str:
     with open(target, "wb") as out:
         out.write(read_bytes(uri))
     return target
+
+
+def copy_tree(src: str, dst: str) -> None:
+    """Copy every file under the folder `src` to the same place under `dst`, keeping `src`: for a
+    move that must be restartable where a store has no rename (see predict_job.publish_predictions)."""
+    if not is_s3(dst):
+        import shutil
+
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+        return
+    fs, src_path = filesystem(src)
+    _, dst_path = filesystem(dst)
+    infos = retrying(f"list {src}", lambda: fs.get_file_info(pafs.FileSelector(src_path, recursive=True)), True)
+    for info in infos:
+        if info.type == pafs.FileType.File:
+            target = dst_path + info.path[len(src_path):]
+            retrying(f"copy to s3://{target}", lambda s=info.path, d=target: fs.copy_file(s, d), True)

@@ -1,0 +1,206 @@
+"""Resuming `raycat predict`: which earlier shards a rerun may reuse, and a final write that can be
+cut off at any step and finished by the same command. The scoring actor and the driver's final
+write are plain Python: these run them without Ray (tests/test_predict_ray.py runs the command)."""
+
+import filecmp
+import json
+import os
+import shutil
+
+import pyarrow.dataset as pads
+import pytest
+from predict_scale import CLASSES, make_images
+from results import write_random_model
+
+from raycat import listing, model_card, predict_job, storage
+from raycat.config import PredictConfig
+from raycat.errors import BadInput
+from raycat.scoring import Scorer, ScoringSpec
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model_and_images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    model = write_random_model(str(root / "m"), CLASSES, SIZE)
+    images = str(root / "images")
+    make_images(images, 120)  # 4 class folders; every 100th image truncated
+    return model, images
+
+
+def shard_rows(images):
+    """Three shards of the image folder, as the listing tasks cut them (labels by class folder)."""
+    paths = sorted(storage.list_files(images))
+    labels = [CLASSES.index(os.path.basename(os.path.dirname(p))) for p in paths]
+    return [listing.shard_row(f"0-{i}", paths[i::3], labels[i::3], []) for i in range(3)]
+
+
+def spec_for(model, run, done=frozenset()):
+    folder, card = model_card.find(model)
+    return ScoringSpec(model=folder, card=card.to_json(), tta=1, tta_beta=0.25, batch_size=16, gpu=False, cpus=1,
+                       run=run, top=4, done=frozenset(done))
+
+
+def score_run(model, images, run):
+    """Every shard scored into `run` (parts and summaries), as the actors leave it; the tally."""
+    folder, card = model_card.find(model)
+    scorer = Scorer(spec_for(model, run))
+    tally = predict_job.Tally(card.classes, 4, images=images)
+    for row in shard_rows(images):
+        tally.add(scorer.score_shard(row))
+    return tally
+
+
+def test_a_shard_summary_is_reused_only_for_the_same_images(model_and_images, tmp_path):
+    model, images = model_and_images
+    run = str(tmp_path / "run")
+    row = shard_rows(images)[0]
+    first = Scorer(spec_for(model, run)).score_shard(row)
+    again = Scorer(spec_for(model, run, done={"0-0"})).score_shard(row)
+    assert again.get("resumed") and {k: v for k, v in again.items() if k != "resumed"} == json.loads(json.dumps(first))
+    # The same shard id now holding one image more (an image added under IMAGES): scored again.
+    shard, paths, labels, bad = listing.shard_of(row)
+    extra = os.path.join(images, CLASSES[0], "added.jpg")
+    shutil.copy(paths[0], extra)
+    grown = listing.shard_row(shard, [*paths, extra], [*labels, 0], bad)
+    rescored = Scorer(spec_for(model, run, done={"0-0"})).score_shard(grown)
+    assert not rescored.get("resumed") and rescored["n_scored"] == first["n_scored"] + 1
+    os.unlink(extra)
+
+
+def test_a_model_retrained_into_the_same_folder_is_not_resumed(model_and_images, tmp_path, capsys):
+    _, images = model_and_images
+    model = write_random_model(str(tmp_path / "m"), CLASSES, SIZE, seed=0)
+    cfg = PredictConfig(model=model, images=[images], out=str(tmp_path / "out"))
+    run = str(tmp_path / "run")
+    before = predict_job.run_settings(cfg, *model_card.find(model))
+    predict_job.prepare_run(run, before)
+    os.makedirs(os.path.join(run, "done"))
+    open(os.path.join(run, "done", "0-0.json"), "w").write("{}")
+    assert predict_job.prepare_run(run, before) == {"0-0"}  # the same model: resumed
+    write_random_model(model, CLASSES, SIZE, seed=1)  # retrained into the same folder: other weights
+    after = predict_job.run_settings(cfg, *model_card.find(model))
+    assert after["model"] == before["model"] and after["model_digest"] != before["model_digest"]
+    assert predict_job.prepare_run(run, after) == set()
+    assert "other settings (model_digest" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(run, "done"))
+
+
+def _outputs(out):
+    """OUT's files by name (predictions/ as its sorted rows), metrics.json without its timings."""
+    got = {}
+    for name in sorted(storage.list_dir(out)):
+        uri = storage.join(out, name)
+        if name == "predictions":
+            fs, path = storage.filesystem(uri)
+            got[name] = pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pandas() \
+                .sort_values("path").reset_index(drop=True)
+        elif name == "metrics.json":
+            m = json.loads(storage.read_text(uri))
+            got[name] = {k: v for k, v in m.items() if k not in ("seconds", "first_shard_seconds", "resumed_shards",
+                                                                 "resumed_images")}
+        else:
+            got[name] = storage.read_bytes(uri)
+    return got
+
+
+class Cut(Exception):
+    pass
+
+
+def _count_writes(monkeypatch, fail_at=None):
+    """Wrap every storage call that changes OUT; raise Cut at call number `fail_at`. Returns the log."""
+    log = []
+    for name in ("write_bytes", "write_text", "delete_tree", "replace_tree", "copy_tree"):
+        real = getattr(storage, name)
+
+        def wrapped(*a, _real=real, _name=name, **k):
+            log.append(f"{_name} {a[-1] if _name in ('replace_tree', 'copy_tree') else a[0]}")
+            if fail_at is not None and len(log) == fail_at:
+                raise Cut(log[-1])
+            return _real(*a, **k)
+
+        monkeypatch.setattr(storage, name, wrapped)
+    return log
+
+
+def _finish(model, images, out, run, tally, resumed=False):
+    folder, card = model_card.find(model)
+    cfg = PredictConfig(model=model, images=[images], out=out, tta=1, top=4)
+    if resumed:  # what the rerun's actors hand back: each shard's stored summary
+        tally = predict_job.Tally(card.classes, 4, images=images)
+        for shard in sorted(storage.list_dir(storage.join(run, "done"))):
+            tally.add({**json.loads(storage.read_text(storage.join(run, "done", shard))), "resumed": True})
+    return predict_job.write_predict_outputs(cfg, folder, card, run, tally, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.integration)])
+def test_the_final_write_cut_at_any_step_is_finished_by_a_rerun(model_and_images, tmp_path, monkeypatch, where,
+                                                                request):
+    model, images = model_and_images
+    base = str(tmp_path) if where == "local" else f"s3://{request.getfixturevalue('bucket')}/final-{os.getpid()}"
+    scored = str(tmp_path / "scored")  # the run folder as the actors leave it, kept to start each try from
+    tally = score_run(model, images, scored)
+    clean_out, clean_run = storage.join(base, "clean"), storage.join(base, "clean", ".raycat-predict")
+    storage.publish_tree(scored, clean_run)
+    log = _count_writes(monkeypatch)
+    _finish(model, images, clean_out, clean_run, tally)
+    steps = list(log)
+    monkeypatch.undo()
+    clean = _outputs(clean_out)
+    assert {"predictions", "metrics.json", "confusion_matrix.png", "top_losses.png", "skipped.csv"} <= set(clean)
+    assert len(clean["predictions"]) == 119 and not storage.exists(clean_run)
+    # Each step that changes OUT, cut in turn; but only the first of the stale files' deletions
+    # (the rest are the same step) and not write_text's own write_bytes. On S3, which has no rename:
+    # the parts' copy, the note that they were published, and a PNG after it (the case a review met).
+    distinct = [i + 1 for i, st in enumerate(steps) if not (
+        i > 1 and st.startswith("delete_tree") and steps[i - 1].startswith("delete_tree") and "raycat-predict" not in st)
+        and not (i and st.startswith("write_bytes") and steps[i - 1] == "write_text" + st[len("write_bytes"):])]
+    picks = distinct if where == "local" else [i + 1 for i, st in enumerate(steps) if st.startswith("copy_tree") or (
+        st.startswith("write_text") and "published" in st) or st.endswith("top_losses.png")]
+    assert len(distinct) >= 12 and any(steps[k - 1].endswith("top_losses.png") for k in distinct)
+    for k in picks:
+        out = storage.join(base, f"cut-{k}")
+        run = storage.join(out, ".raycat-predict")
+        storage.publish_tree(scored, run)
+        log = _count_writes(monkeypatch, fail_at=k)
+        with pytest.raises(Cut):
+            _finish(model, images, out, run, tally)
+        monkeypatch.undo()
+        assert not storage.exists(storage.join(out, "metrics.json")) or k == len(steps), steps[k - 1]
+        if storage.exists(run):
+            _finish(model, images, out, run, tally, resumed=True)
+        got = _outputs(out)
+        assert set(got) == set(clean), (steps[k - 1], sorted(got))
+        assert got["predictions"].equals(clean["predictions"]), steps[k - 1]
+        assert got["metrics.json"] == {**clean["metrics.json"], "model": got["metrics.json"]["model"]}, steps[k - 1]
+        for name in clean:
+            if name.endswith(".csv"):
+                assert got[name] == clean[name], (steps[k - 1], name)
+    if where == "local":
+        assert filecmp.cmp(os.path.join(base, "clean", "confusion_matrix.csv"),
+                           os.path.join(base, f"cut-{len(steps)}", "confusion_matrix.csv"))
+
+
+def test_images_changed_after_the_parts_were_published_start_afresh(model_and_images, tmp_path, monkeypatch):
+    model, images = model_and_images
+    run = str(tmp_path / "out" / ".raycat-predict")
+    tally = score_run(model, images, run)
+    log = _count_writes(monkeypatch)
+    real_write_csv = predict_job.outputs.write_csv
+
+    def fail_after_publishing(uri, *a, **k):
+        raise Cut(uri)
+
+    monkeypatch.setattr(predict_job.outputs, "write_csv", fail_after_publishing)
+    with pytest.raises(Cut):
+        _finish(model, images, str(tmp_path / "out"), run, tally)
+    monkeypatch.undo()
+    assert any("published" in s for s in log) and real_write_csv
+    fewer = predict_job.Tally(tally.classes, 4, images=images)
+    for shard in sorted(os.listdir(os.path.join(run, "done")))[:2]:
+        fewer.add({**json.load(open(os.path.join(run, "done", shard))), "resumed": True})
+    with pytest.raises(BadInput, match="changed while an earlier run"):
+        _finish(model, images, str(tmp_path / "out"), run, fewer)
+    assert not os.path.exists(run)
