@@ -395,18 +395,6 @@ def build(cls: type, values: dict[str, Any]) -> Any:
     return cls(**top)
 
 
-def flatten(cfg: Any) -> dict[str, Any]:
-    """The flat keys of a config (the inverse of build)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if f.metadata.get("part"):
-            out.update(dataclasses.asdict(v))
-        else:
-            out[f.name] = v
-    return out
-
-
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

@@ -10,7 +10,6 @@ from raycat.core.augment import (
     AugmentSpec,
     affine_matrices,
     augment,
-    hflip_view,
     normalize,
     random_matrices,
     warp,
@@ -98,7 +97,6 @@ def test_output_shape_dtype_and_normalisation():
         1, 3, 1, 1)
     assert torch.allclose(normalize(imgs), ref, atol=1e-5)
     assert torch.allclose(augment(imgs, AugmentSpec("none"), torch.Generator()), ref, atol=1e-5)
-    assert torch.allclose(hflip_view(imgs), ref.flip(-1), atol=1e-5)
 
 
 def test_the_fused_augmentation_equals_warp_then_lighting_then_normalise():

@@ -7,15 +7,15 @@ import torch.nn.functional as F
 
 from raycat.config import ARCHS, STEMS
 from raycat.core.model import (
+    N_GROUPS,
     WeightsError,
     create_model,
-    freeze,
+    freeze_to,
     group_parameters,
     layer_groups,
     load_weights,
     make_optimizer,
     set_train_mode,
-    unfreeze,
 )
 from raycat.core.schedules import differential_lrs
 from raycat.model_card import ModelError, starting_model
@@ -56,7 +56,7 @@ def test_head_is_fastai_s():
 def test_frozen_weights_and_bn_statistics_do_not_move():
     torch.manual_seed(0)
     model = create_model("resnet18", 3)
-    freeze(model)
+    freeze_to(model, N_GROUPS - 1)  # the head alone trains
     frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("body.")}
     head_before = model.head[2].weight.clone()
     opt = make_optimizer(model, [0.1, 0.1, 0.1])
@@ -72,7 +72,7 @@ def test_frozen_weights_and_bn_statistics_do_not_move():
 def test_unfreeze_trains_everything_and_bn_stats_move():
     torch.manual_seed(0)
     model = create_model("resnet18", 3)
-    unfreeze(model)
+    freeze_to(model, 0)
     rm = model.body.bn1.running_mean.clone()
     set_train_mode(model)
     model(torch.randn(4, 3, 32, 32))

@@ -9,7 +9,6 @@ from raycat.core.schedules import (
     group_lrs,
     lr_find_lr,
     one_cycle_lr,
-    restart_steps,
     sgdr_lr,
     sgdr_position,
     stage_lr,
@@ -29,10 +28,15 @@ def closed_form(base, step, spe, cycle_len, cycle_mult):
     return base * 0.5 * (1 + math.cos(math.pi * (step - start) / length))
 
 
+def restart_steps(cycle_len: int, cycle_mult: int, n_cycle: int) -> list[int]:
+    """The steps at which each cycle starts, from the cycles' lengths."""
+    return [SPE * sum(cycle_lengths(cycle_len, cycle_mult, k)) for k in range(n_cycle)]
+
+
 @pytest.mark.parametrize("cycle_len,cycle_mult", [(1, 1), (1, 2), (2, 2)])
 def test_sgdr_matches_the_closed_form_at_start_mid_end_and_restarts(cycle_len, cycle_mult):
     base = 0.1
-    starts = restart_steps(SPE, cycle_len, cycle_mult, 3)
+    starts = restart_steps(cycle_len, cycle_mult, 3)
     ends = [s - 1 for s in starts[1:]] + [SPE * total_epochs(cycle_len, cycle_mult, 3) - 1]
     lengths = [n * SPE for n in cycle_lengths(cycle_len, cycle_mult, 3)]
     for s, e, n in zip(starts, ends, lengths, strict=True):
@@ -49,7 +53,7 @@ def test_sgdr_matches_the_closed_form_at_start_mid_end_and_restarts(cycle_len, c
 def test_cycle_lengths_and_total_epochs():
     assert cycle_lengths(1, 2, 3) == [1, 2, 4] and total_epochs(1, 2, 3) == 7
     assert cycle_lengths(1, 1, 2) == [1, 1] and total_epochs(2, 2, 2) == 6
-    assert restart_steps(SPE, 1, 2, 3) == [0, 10, 30]
+    assert restart_steps(1, 2, 3) == [0, 10, 30]
 
 
 def test_position_and_errors():

@@ -142,8 +142,3 @@ def augment(images: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> to
     c = ((torch.rand(n, generator=gen) * 2 - 1) * spec.max_lighting).to(x).view(-1, 1, 1, 1)
     x.mul_((1.0 + c) / (255.0 * std)).add_((b - 0.5 * c - mean) / std)
     return torch.clamp(x, min=-mean / std, max=(1.0 - mean) / std, out=x)
-
-
-def hflip_view(images: torch.Tensor, spec: AugmentSpec = AugmentSpec()) -> torch.Tensor:
-    """The mirrored plain view (a deterministic TTA view)."""
-    return normalize(images.flip(-1), spec)

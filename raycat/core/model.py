@@ -166,14 +166,6 @@ def freeze_to(model: Classifier, n: int) -> None:
             p.requires_grad_(i >= n)
 
 
-def freeze(model: Classifier) -> None:
-    freeze_to(model, N_GROUPS - 1)
-
-
-def unfreeze(model: Classifier) -> None:
-    freeze_to(model, 0)
-
-
 def set_train_mode(model: Classifier) -> None:
     """model.train(), but frozen groups stay in eval mode so their BatchNorm statistics don't move."""
     model.train()

@@ -39,15 +39,6 @@ def sgdr_lr(base_lr: float, step: int, steps_per_epoch: int, cycle_len: int = 1,
     return cosine(base_lr, 0.0, pos)
 
 
-def restart_steps(steps_per_epoch: int, cycle_len: int, cycle_mult: int, n_cycle: int) -> list[int]:
-    """Steps at which each cycle starts (the first is 0)."""
-    out, s = [], 0
-    for n in cycle_lengths(cycle_len, cycle_mult, n_cycle):
-        out.append(s)
-        s += n * steps_per_epoch
-    return out
-
-
 def exponential(start: float, end: float, pos: float) -> float:
     """Geometric interpolation: the lr_find sweep."""
     return start * (end / start) ** pos
