@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from raycat import grids, listing, model_card, outputs, storage
 from raycat.config import PredictConfig
 from raycat.errors import BadInput
+from raycat.layout import IMAGE_EXTENSIONS
 from raycat.scoring import DONE, PARTS, ScoringSpec, part_name
 
 RUN_DIR = ".raycat-predict"
@@ -100,7 +101,9 @@ def prepare_run(run: str, settings: dict) -> set[str]:
             return done
         from raycat.resume import differences
 
-        changed = "; ".join(d.split(":")[0] if d.startswith("model_digest") else d for d in differences(before, settings))
+        # (a digest says only that the model changed)
+        changed = "; ".join(d.split(":")[0] if d.startswith("model_digest") else d
+                            for d in differences(before, settings))
         print(f"raycat predict: {run} holds an unfinished run with other settings ({changed}); starting over")
     storage.delete_tree(run)
     storage.write_text(note, json.dumps(settings, sort_keys=True))
@@ -147,8 +150,8 @@ def run_predict(cfg: PredictConfig) -> int:
             said = time.time()
             print(f"raycat predict: {tally.shards} shards scored ({tally.n_images} images)", flush=True)
     if tally.n_images == 0 and not tally.skipped:
-        raise PredictInputError(f"IMAGES {cfg.images[0]}: no images found (extensions: jpg, jpeg, png, bmp, gif, "
-                                "webp, tif, tiff)")
+        raise PredictInputError(f"IMAGES {cfg.images[0]}: no images found (extensions: "
+                                f"{', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))})")
     metrics = write_predict_outputs(cfg, folder, card, run, tally, t0, first)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     acc = f", accuracy {metrics['accuracy']:.4f} on {metrics['n_labelled']} labelled" if metrics["n_labelled"] else ""
