@@ -78,6 +78,21 @@ def test_predict_s3_to_s3_outputs_agree(s3_inputs, bucket):
     assert m["recall"] == {c: pytest.approx(r) for c, r in zip(classes, rec, strict=True)}
     assert m["n_images"] == s3_inputs["n_good"] and m["n_skipped"] == s3_inputs["n_bad"]
     assert m["accuracy"] == pytest.approx(float((df["label"] == df["prediction"]).mean()))
+    # The grids' rows, recomputed from the predictions: the --top (16) highest -log p(label), and
+    # the 16 lowest confidences.
+    import numpy as np
+
+    df["loss"] = -np.log(np.clip([row[f"p_{row['label']}"] for _, row in df.iterrows()], 1e-12, None))
+    top = list(csv.DictReader(io.StringIO(s3_text(bucket, "pred/top_losses.csv"))))
+    want = df.sort_values("loss", ascending=False).head(16)
+    assert [r["path"] for r in top] == list(want["path"])
+    assert [float(r["loss"]) for r in top] == pytest.approx(list(want["loss"]), abs=1e-4)
+    assert [r["predicted"] for r in top] == list(want["prediction"]) and [r["actual"] for r in top] == list(
+        want["label"])
+    unsure = list(csv.DictReader(io.StringIO(s3_text(bucket, "pred/most_uncertain.csv"))))
+    want = df.sort_values("confidence").head(16)
+    assert [float(r["confidence"]) for r in unsure] == pytest.approx(list(want["confidence"]), abs=1e-5)
+    assert set(r["path"] for r in unsure) <= set(df["path"]) and len(unsure) == 16
     skipped = list(csv.DictReader(io.StringIO(s3_text(bucket, "pred/skipped.csv"))))
     assert sorted(os.path.basename(r["path"]) for r in skipped) == ["truncated.jpg", "zero.jpg"]
     assert not [k for k in s3_keys(bucket, "pred") if "raycat-predict" in k or "staging" in k]
@@ -91,6 +106,23 @@ def test_tta_really_averages_views_and_a_rerun_replaces_outputs(trained_run, tmp
     assert main(["predict", model, images, "--out", out, "--tta", "0"]) == 0
     plain = predictions(os.path.join(out, "predictions")).set_index("path").sort_index()
     plain_metrics = json.load(open(os.path.join(out, "metrics.json")))
+    # `raycat predict MODEL FILE...` (no --out, no cluster) prints what the folder run scored, and
+    # skips a corrupt file, naming it, with exit 1.
+    files = list(plain.index[:2])
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    import contextlib
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["predict", model, *files, str(corrupt), "--tta", "0"]) == 1
+    lines = printed.getvalue().strip().splitlines()
+    assert len(lines) == 3 and lines[2].startswith(f"{corrupt}: skipped (")
+    for path, line in zip(files, lines, strict=False):
+        name, rest = line.rsplit(": ", 1)
+        cls, prob = rest.split(" (")
+        assert name == path and cls == plain.loc[path, "prediction"]
+        assert float(prob.rstrip(")")) == pytest.approx(float(plain.loc[path, "confidence"]), abs=2e-4)
     assert main(["predict", model, images, "--out", out, "--tta", "4"]) == 0
     tta = predictions(os.path.join(out, "predictions")).set_index("path").sort_index()
     with_tta = json.load(open(os.path.join(out, "metrics.json")))

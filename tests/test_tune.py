@@ -66,13 +66,25 @@ def test_sweep_resumes_after_the_driver_dies_and_asha_stops_the_bad_lr(ray_local
     import sys
     import time
 
-    data = make_shapes_dataset(str(tmp_path / "data"), classes=("circle", "square", "triangle"), n_train=10,
-                               n_valid=4, seed=0, easy=True, clutter=False)
+    folders = make_shapes_dataset(str(tmp_path / "folders"), classes=("circle", "square", "triangle"), n_train=10,
+                                  n_valid=4, seed=0, easy=True, clutter=False)
+    # A folder of images and a labels CSV whose split column says train/valid: the trials read it.
+    data, labels = tmp_path / "data", tmp_path / "labels.csv"
+    rows = ["fname,label,split"]
+    for split in ("train", "valid"):
+        for c in sorted(os.listdir(os.path.join(folders, split))):
+            for f in sorted(os.listdir(os.path.join(folders, split, c))):
+                os.makedirs(data, exist_ok=True)
+                os.replace(os.path.join(folders, split, c, f), data / f"{split}-{c}-{f}")
+                rows.append(f"{split}-{c}-{f},{c},{split}")
+    labels.write_text("\n".join(rows) + "\n")
+    data = str(data)
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"lr": {"grid": [0.01, 0.01, 1000.0]}, "lr_mult": 3, "head_cycles": 1,
                                  "unfrozen_cycles": 1, "cycle_mult": 1}))
     out = tmp_path / "tune"
-    args = ["tune", data, "--out", str(out), "--samples", "1", "--space", str(space), "--max-concurrent", "1",
+    args = ["tune", data, "--labels", str(labels), "--out", str(out), "--samples", "1", "--space", str(space),
+            "--max-concurrent", "1",
             "--arch", "resnet18", "--weights", "none", "--size", "32", "--batch-size", "8",
             "--precompute-epochs", "0", "--tta", "0", "--patience", "5"]
     # The driver joins this session's Ray (a second local instance would cost its start-up and
@@ -104,6 +116,8 @@ def test_sweep_resumes_after_the_driver_dies_and_asha_stops_the_bad_lr(ray_local
     for t in trials:  # trials never share files: each wrote under its own folder
         if t["status"] == "completed":
             assert os.path.exists(out / "trials" / t["trial_id"] / "model" / "weights.pt")
+            m = json.load(open(out / "trials" / t["trial_id"] / "metrics.json"))
+            assert (m["n_train"], m["n_valid"]) == (30, 12)  # the labels file's split
     assert (out / "model" / "weights.pt").exists() and (out / "trials.png").exists()
     best = str(out / "best_recipe.json")
     recipe = json.load(open(best))
@@ -111,7 +125,8 @@ def test_sweep_resumes_after_the_driver_dies_and_asha_stops_the_bad_lr(ray_local
 
     # best_recipe.json is the recipe alone: no workers, GPUs or cluster address
     assert recipe["lr"] == 0.01 and set(recipe) == {f.name for f in dataclasses.fields(Recipe)}
-    _, cfg = parse_config(["train", data, "--out", str(tmp_path / "again"), "--config", best])
+    _, cfg = parse_config(["train", data, "--labels", str(labels), "--out", str(tmp_path / "again"), "--config",
+                           best])
     assert dataclasses.asdict(cfg.recipe) == recipe
     # The sweep's outputs, checkpoints, its killed driver's log and this Ray session's logs never
     # hold the AWS secret every test's environment has (Tune's runtime envs would have logged it).
@@ -144,3 +159,21 @@ def assert_no_canary(*roots) -> None:
 def test_the_canary_secret_is_never_written(ray_local, trained_run):
     """A train run's outputs and checkpoints, and this session's Ray logs, never hold the secret."""
     assert_no_canary(trained_run["out"])
+
+
+@pytest.mark.parametrize("command", ["tune", "lr-find", "train", "check"])
+def test_labels_and_valid_pct_reach_every_command_s_layout(tmp_path, command, capsys):
+    """Each command that reads a dataset reads --labels and --valid-pct, before any cluster time:
+    a labels file with a split column and --valid-pct too is refused (exit 2), and one without a
+    split column needs --valid-pct."""
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / f"{name}.jpg").write_bytes(b"")
+    (tmp_path / "split.csv").write_text("fname,label,split\na.jpg,x,train\nb.jpg,y,train\nc.jpg,x,valid\n"
+                                        "d.jpg,y,valid\n")
+    (tmp_path / "plain.csv").write_text("fname,label\na.jpg,x\nb.jpg,y\nc.jpg,x\nd.jpg,y\n")
+    out = [] if command == "check" else ["--out", str(tmp_path / "out")]
+    assert main([command, str(tmp_path), "--labels", str(tmp_path / "split.csv"), "--valid-pct", "0.5", *out]) == 2
+    assert "--valid-pct: --labels" in capsys.readouterr().err
+    assert main([command, str(tmp_path), "--labels", str(tmp_path / "plain.csv"), *out]) == 2
+    assert "add --valid-pct" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
