@@ -5,7 +5,9 @@ smooths the loss with a bias-corrected EMA, and stops once the smoothed loss is 
 4x the best so far.
 
 The recipe's default suggestion is the 2017 course's rule, fast.ai's `minimum` suggestion: the
-rate at the lowest smoothed loss, divided by 10 ("an order of magnitude before the minimum").
+rate at the lowest smoothed loss, divided by 10 ("an order of magnitude before the minimum"). A
+curve with no real descent (flat, then blowing up) has no minimum to read: it gets Smith's rule,
+a tenth of where the loss blows up (`flat_until_blowup`).
 fast.ai v2's *valley* and v1's *steepest* are offered too (`--lr-suggest`), but on the short,
 noisy sweeps that small datasets and several workers give (30-100 steps), the valley's longest
 decreasing subsequence threads through the flat noise at tiny rates and picks rates 10-30x too
@@ -124,6 +126,35 @@ TAIL = 0.05
 SHORT_BETA = 0.9
 
 
+# A curve with no real descent has no minimum worth dividing by 10: on real photos from scratch
+# (issue 20) the loss sat at ~0.82 from 1e-7 to 2e-2, noisy, then blew up; the smoothed noise's
+# lowest point was at 1e-4, minimum/10 said 1e-5, and the run stayed at chance. Smith's own rule
+# reads such a curve from the other end: an order of magnitude below the rate where the loss
+# blows up. "No real descent": the smoothed loss's lowest point is less than FLAT below the median
+# of the smoothed curve before it (the plateau; a real descent puts the median well above the
+# lowest point). "Blows up": the first two raw losses in a row above BLOWUP x that plateau, after
+# the lowest point (one spike of noise is not a blow-up).
+FLAT = 0.10
+BLOWUP = 1.5
+
+
+def flat_until_blowup(lrs: list[float], smoothed: list[float], raw: list[float]) -> float | None:
+    """A tenth of the rate at which a flat curve blows up, or None when the curve has a real
+    descent (or never blows up): the rules above apply then."""
+    n = len(smoothed)
+    finite = next((i for i, v in enumerate(smoothed) if not math.isfinite(v)), n)  # a sweep may end on NaN
+    if finite < 3 or len(raw) != n:
+        return None
+    lowest = min(range(finite), key=smoothed.__getitem__)
+    plateau = sorted(smoothed[: lowest + 1])[lowest // 2]
+    if plateau <= 0 or (plateau - smoothed[lowest]) / plateau >= FLAT:
+        return None
+    for i in range(lowest + 1, n):
+        if all(not math.isfinite(v) or v > BLOWUP * plateau for v in raw[i:i + 2]):
+            return lrs[i] / 10
+    return None
+
+
 def never_turned_up(smoothed: list[float]) -> bool:
     """The lowest smoothed loss lies in the sweep's last 5% of points."""
     lowest = min(range(len(smoothed)), key=smoothed.__getitem__)
@@ -140,6 +171,10 @@ def suggestion(lrs: list[float], smoothed: list[float], rule: str = "minimum",
     xs, ys = _finite(lrs[skip:], smoothed[skip:])
     if not ys:
         return lrs[0]
+    if rule == "minimum" and raw is not None:
+        smith = flat_until_blowup(lrs[skip:], smoothed[skip:], raw[skip:])
+        if smith is not None:
+            return smith
     if rule == "minimum" and len(ys) >= 3 and never_turned_up(ys):
         short = ema_smooth(raw, SHORT_BETA)[skip:] if raw is not None else smoothed[skip:]
         return min(suggest_valley(*_finite(lrs[skip:], short)), suggest_minimum(xs, ys))
