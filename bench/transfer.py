@@ -68,8 +68,12 @@ def main() -> None:
     def epochs(m: dict) -> str:
         return " + ".join(f"{m['stages'].count(s)} {s}" for s in ("precompute", "head", "unfrozen") if s in m["stages"])
 
+    def head(m: dict) -> str:  # what `raycat train` said --weights gave the head (metrics.json's notes)
+        said = [n for n in m.get("notes", []) if n.startswith("--weights")]
+        return ("fresh" if "fresh head" in said[0] else "kept") if said else "fresh (from scratch)"
+
     rows = "\n".join(
-        f"| {name} | {epochs(m)} "
+        f"| {name} | {epochs(m)} | {head(m)} "
         f"| {m['valid_accuracy']:.4f} | {m['valid_accuracy_tta']:.4f} | {m['valid_loss']:.3f} |"
         for name, m in (("transfer (body from the 5 source classes)", transfer), ("scratch", scratch)))
     body = f"""## Transfer on Fashion-MNIST (`bench/transfer.py`)
@@ -77,10 +81,12 @@ def main() -> None:
 A body trained from scratch on {', '.join(SOURCE)} (30,000 images, {args.pre_epochs} epochs: valid accuracy
 {pre['valid_accuracy']:.4f}), fine-tuned with the full recipe on {', '.join(TARGET)} with {PER_CLASS} images per
 class (valid: their 5,000 test images), against the recipe from scratch on the same 500 images and as
-many epochs. recipes/fashion_mnist.yaml's model and augmentation for all three. Machine: {machine()}.
+many epochs. recipes/fashion_mnist.yaml's model and augmentation for all three. The transferred run
+keeps the body only: its head is trained afresh, since the source's classes are not the target's.
+Machine: {machine()}.
 
-| run | epochs | valid accuracy | with TTA | valid loss |
-|---|---|---|---|---|
+| run | epochs | head | valid accuracy | with TTA | valid loss |
+|---|---|---|---|---|---|
 {rows}
 
 Margin: {transfer['valid_accuracy'] - scratch['valid_accuracy']:+.4f} accuracy for the transferred body.

@@ -155,7 +155,8 @@ def test_the_final_write_cut_at_any_step_is_finished_by_a_rerun(model_and_images
     # (the rest are the same step) and not write_text's own write_bytes. On S3, which has no rename:
     # the parts' copy, the note that they were published, and a PNG after it (the case a review met).
     distinct = [i + 1 for i, st in enumerate(steps) if not (
-        i > 1 and st.startswith("delete_tree") and steps[i - 1].startswith("delete_tree") and "raycat-predict" not in st)
+        i > 1 and st.startswith("delete_tree") and steps[i - 1].startswith("delete_tree")
+        and "raycat-predict" not in st)
         and not (i and st.startswith("write_bytes") and steps[i - 1] == "write_text" + st[len("write_bytes"):])]
     picks = distinct if where == "local" else [i + 1 for i, st in enumerate(steps) if st.startswith("copy_tree") or (
         st.startswith("write_text") and "published" in st) or st.endswith("top_losses.png")]
