@@ -69,7 +69,7 @@ def _non_negative(cfg: Any, *names: str) -> None:
 
 @dataclass
 class Recipe:
-    """What a training run computes (CONTRACT.md, 'The staged recipe'). None means: chosen from
+    """What a training run computes (docs/contract.md, 'The staged recipe'). None means: chosen from
     --weights (see `resolved`)."""
 
     arch: str = arg("resnet34", "torchvision architecture", choices=ARCHS)
@@ -144,7 +144,7 @@ class Recipe:
 
 @dataclass
 class Resources:
-    """Where a run executes; may change between a run and its resume (CONTRACT.md, 'Connecting')."""
+    """Where a run executes; may change between a run and its resume (docs/contract.md, 'Connecting')."""
 
     workers: int = arg(1, "Ray Train workers (data-parallel processes); for predict, scoring actors")
     gpu: bool = arg(False, "one GPU per worker (CUDA, bf16, nccl; JPEGs decoded on the GPU)")

@@ -1,4 +1,4 @@
-"""Writing the contract's output files (CONTRACT.md, 'Outputs') through the storage module.
+"""Writing the contract's output files (docs/contract.md, 'Outputs') through the storage module.
 
 Every file is written whole (storage.write_bytes is atomic), so a crash leaves earlier files
 complete and later ones absent, never half-written.

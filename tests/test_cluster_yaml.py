@@ -2,8 +2,12 @@
 
 import os
 import re
+import shlex
+import tomllib
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,6 +56,50 @@ def test_setup_installs_raycat_and_starts_ray():
     assert any("ray start --address=$RAY_HEAD_IP" in cmd for cmd in c["worker_start_ray_commands"])
 
 
+def test_ray_up_accepts_the_file():
+    """What `ray up` does before it contacts AWS: merge the provider's defaults, then validate the
+    result against Ray's own schema (an unknown or misspelt key, or a wrong type, fails here)."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(load()))
+
+
+# The user of the rayproject/ray images; Ray looks for its token in ~/.ray/auth_token.
+CONTAINER_HOME = "/home/ray"
+
+
+def docker_env(c: dict) -> dict:
+    """The environment `run_options` give every process in the nodes' containers."""
+    args = shlex.split(" ".join(c["docker"].get("run_options", [])))
+    pairs = [args[i + 1] for i, a in enumerate(args) if a in ("-e", "--env")]
+    pairs += [a.split("=", 1)[1] for a in args if a.startswith("--env=")]
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def test_every_node_starts_ray_with_token_auth_and_the_token():
+    """Ray 2.60's `ray start` turns token auth on only with RAY_AUTH_MODE=token or a token file
+    already there; a worker then joins only with the head's token. So every `ray start` must see
+    RAY_AUTH_MODE=token and every node the same token file, copied from the launching machine
+    (https://docs.ray.io/en/latest/ray-security/token-auth.html, "Ray clusters on remote virtual
+    machines"; in Docker, file_mounts land inside the container)."""
+    c = load()
+    env = docker_env(c)
+    for cmd in c["head_start_ray_commands"] + c["worker_start_ray_commands"]:
+        if "ray start" in cmd:
+            inline = dict(w.split("=", 1) for w in shlex.split(cmd.split("ray start")[0]) if "=" in w)
+            assert {**env, **inline}.get("RAY_AUTH_MODE") == "token", cmd
+    token = env.get("RAY_AUTH_TOKEN_PATH", f"{CONTAINER_HOME}/.ray/auth_token")
+    assert c["file_mounts"].get(token) == "~/.ray/auth_token"  # where `ray get-auth-token --generate` writes
+
+
+def test_the_copy_of_the_repository_leaves_out_git_and_what_git_ignores():
+    """file_mounts rsyncs the repository to every node: .venv (gigabytes) and .git must stay home."""
+    c = load()
+    assert "**/.git/**" in c["rsync_exclude"] and ".gitignore" in c["rsync_filter"]
+    ignored = open(os.path.join(ROOT, ".gitignore")).read().split()
+    assert ".venv/" in ignored
+
+
 # ---- k8s/rayjob.yaml: the same cluster as a KubeRay RayJob ------------------------------------
 
 def rayjob():
@@ -84,17 +132,54 @@ def test_the_rayjob_matches_cluster_yaml_images_and_resources():
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
 
 
-def test_the_rayjob_pins_raycat_s_torch_and_its_entrypoint_parses_with_raycat_s_cli():
-    import shlex
+def test_the_rayjob_s_gpu_workers_autoscale_as_cluster_yaml_s_do():
+    """Without enableInTreeAutoscaling KubeRay runs `replicas` pods whatever the job asks for and
+    ignores min/maxReplicas (KubeRay Autoscaling, "Enabling autoscaling"); `replicas` starts at
+    minReplicas, as that guide advises, and the autoscaler moves it from there."""
+    c, spec = load(), rayjob()["spec"]["rayClusterSpec"]
+    assert spec["enableInTreeAutoscaling"] is True
+    assert spec["autoscalerOptions"]["idleTimeoutSeconds"] == 60 * c["idle_timeout_minutes"]
+    g6 = c["available_node_types"]["gpu_g6"]
+    for group in spec["workerGroupSpecs"]:
+        assert group["replicas"] == group["minReplicas"] == g6["min_workers"]
+        assert group["maxReplicas"] == g6["max_workers"]
 
+
+def test_the_rayjob_turns_token_auth_on():
+    """Ray 2.60 leaves token auth off on KubeRay's pods; KubeRay (>= 1.5.1) makes the token and
+    sets it on every Ray container with authOptions."""
+    assert rayjob()["spec"]["rayClusterSpec"]["authOptions"]["mode"] == "token"
+
+
+def test_the_rayjob_installs_every_raycat_dependency_as_pyproject_pins_it():
+    """The job's pip list is pyproject.toml's [project].dependencies, name and specifier each, and
+    nothing else; Ray itself comes from the image (a runtime env's pip installs on top of the
+    image's Python, and a second Ray there would not be the one running the cluster)."""
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        wanted = [Requirement(r) for r in tomllib.load(f)["project"]["dependencies"]]
+    spec = rayjob()["spec"]
+    pip = [Requirement(r) for r in yaml.safe_load(spec["runtimeEnvYAML"])["pip"]]
+    by_name = {canonicalize_name(r.name): r for r in pip}
+    assert len(by_name) == len(pip), "a package listed twice"
+    for req in wanted:
+        name = canonicalize_name(req.name)
+        if name == "ray":
+            assert name not in by_name
+            pin = str(next(iter(req.specifier))).removeprefix("==")
+            assert spec["rayClusterSpec"]["rayVersion"] == pin
+            for group in [spec["rayClusterSpec"]["headGroupSpec"], *spec["rayClusterSpec"]["workerGroupSpecs"]]:
+                assert group["template"]["spec"]["containers"][0]["image"].startswith(f"rayproject/ray:{pin}-")
+            continue
+        assert name in by_name, f"{req} is in pyproject.toml, not in the RayJob's pip list"
+        got = by_name.pop(name)
+        assert (got.specifier, got.extras, got.marker) == (req.specifier, req.extras, req.marker), (str(got), str(req))
+    assert not by_name, f"the RayJob installs what pyproject.toml does not list: {sorted(map(str, by_name.values()))}"
+
+
+def test_the_rayjob_s_entrypoint_parses_with_raycat_s_cli():
     from raycat.cli import parse_config
 
     spec = rayjob()["spec"]
-    env = yaml.safe_load(spec["runtimeEnvYAML"])
-    pyproject = open(os.path.join(ROOT, "pyproject.toml")).read()
-    for pin in ("torch==", "torchvision=="):
-        pinned = re.search(rf'"({re.escape(pin)}[0-9.]+)"', pyproject).group(1)
-        assert pinned in env["pip"], pinned
     argv = shlex.split(spec["entrypoint"])
     assert argv[:2] == ["python", "jobs/train.py"] and os.path.exists(os.path.join(ROOT, argv[1]))
     command, cfg = parse_config(["train", *argv[2:]])
