@@ -28,8 +28,7 @@ class Relay:
         from ray.util.queue import Queue
 
         self.queue = Queue(actor_options={"num_cpus": 0})
-        self.on_epoch = on_epoch  # (row, index): each epoch's row, for a tracker
-        self._epochs = 0
+        self.on_epoch = on_epoch  # (row, index in the run's history): each epoch's row, for a tracker
         self.out = out or sys.stdout
         self.tty = self.out.isatty()
         self._stop = threading.Event()
@@ -40,12 +39,13 @@ class Relay:
     def _show(self, item) -> None:
         kind, text = item
         if kind == "epoch":
+            # The worker numbers the rows: a resumed run's first row is not this relay's first.
+            index, row = text
             if self.on_epoch is not None:
                 try:
-                    self.on_epoch(text, self._epochs)
+                    self.on_epoch(row, index)
                 except Exception as e:  # noqa: BLE001 - a tracker's failure must not silence the console
-                    self.out.write(f"warning: could not log epoch {self._epochs + 1} to the tracker: {e}\n")
-            self._epochs += 1
+                    self.out.write(f"warning: could not log epoch {index + 1} to the tracker: {e}\n")
             return
         if kind == "progress":
             if self.tty:
@@ -87,8 +87,9 @@ class Relay:
             pass
 
 
-def sender(queue) -> tuple[Callable[[str], None], Callable[[str], None], Callable[[dict], None]]:
-    """A worker's (log line, progress line, epoch row) functions for a relay's queue; none blocks."""
+def sender(queue) -> tuple[Callable[[str], None], Callable[[str], None], Callable[[int, dict], None]]:
+    """A worker's (log line, progress line, epoch row) functions for a relay's queue; none blocks.
+    An epoch row goes with its index in the run's history: `epoch_row(index, row)`."""
 
     def send(kind: str, item) -> None:
         try:
@@ -96,7 +97,8 @@ def sender(queue) -> tuple[Callable[[str], None], Callable[[str], None], Callabl
         except Exception:  # noqa: BLE001 - a full or vanished queue must never stop training
             pass
 
-    return (lambda text: send("line", text)), (lambda text: send("progress", text)), (lambda row: send("epoch", row))
+    return ((lambda text: send("line", text)), (lambda text: send("progress", text)),
+            (lambda index, row: send("epoch", (index, row))))
 
 
 def throttled(progress: Callable[[str], None], every_s: float = PROGRESS_EVERY_S) -> Callable[[str, int, int], None]:

@@ -1,12 +1,15 @@
 """Experiment tracking through Ray's own integrations: `--tracking mlflow | tensorboard`.
 
 - mlflow: `ray.air.integrations.mlflow.setup_mlflow` starts a run (in experiment `raycat`, on the
-  server or store `MLFLOW_TRACKING_URI` names; a local `file:` store works offline) and logs the
-  recipe as its params; every epoch's row is logged as it arrives; the output files, at the end.
-  Tune sweeps use Ray's `MLflowLoggerCallback`: a run a trial. Needs `pip install 'raycat[mlflow]'`.
+  server or store `MLFLOW_TRACKING_URI` names; offline, a local `sqlite:` store, which the extra's
+  SQLAlchemy serves) once the inputs are checked, and logs the recipe as its params; every epoch's
+  row is logged as it arrives; the output files, at the end. A command that fails after the run
+  started ends it FAILED. Tune sweeps use Ray's `MLflowLoggerCallback`: a run a trial. Needs
+  `pip install 'raycat[mlflow]'`.
 - tensorboard: event files under OUT/tensorboard/ (tensorboardX, which Ray installs), one scalar
-  series per column of the epoch table; Tune sweeps get Ray's TBXLoggerCallback's files under
-  OUT/tune/.
+  series per column of the epoch table, stepped by the epoch's index in the run's history (a
+  resumed run goes on from the epochs it had). Tune sweeps get Ray's TBXLoggerCallback's files
+  under OUT/tune/<trial>/ with `--tracking tensorboard`, and none otherwise.
 
 The driver does the logging: epoch rows reach it through console.Relay, so workers need no
 tracking client and no credentials.
@@ -15,6 +18,7 @@ tracking client and no credentials.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 
@@ -52,6 +56,14 @@ class Tracker:
     def finish(self, out: str) -> None:
         pass
 
+    def fail(self) -> None:
+        """The command failed after the tracker started."""
+
+
+# OUT's folders that are not logged: Ray's checkpoints stay where the run keeps them (and are
+# several copies of the weights); the event files are TensorBoard's.
+NOT_LOGGED = ("checkpoints", "tensorboard")
+
 
 class MLflowTracker(Tracker):
     def __init__(self, params: dict, run_name: str):
@@ -77,16 +89,21 @@ class MLflowTracker(Tracker):
                                  and not isinstance(v, bool)})
 
     def finish(self, out: str) -> None:
-        local = storage.local_copy(out)
-        for name in sorted(os.listdir(local)):
-            path = os.path.join(local, name)
-            if name.startswith(".") or name in ("checkpoints", "tensorboard"):
-                continue  # Ray's checkpoints stay where the run keeps them
-            if os.path.isdir(path):
-                self.mlflow.log_artifacts(path, artifact_path=name)
-            else:
-                self.mlflow.log_artifact(path)
+        # Entry by entry, so that an S3 OUT's checkpoints are never fetched; what is fetched goes
+        # to a folder removed once MLflow has its copy (a local OUT's files are logged in place).
+        with tempfile.TemporaryDirectory(prefix="raycat-mlflow-") as tmp:
+            for name in storage.list_dir(out):
+                uri = storage.join(out, name)
+                if name.startswith(".") or name in NOT_LOGGED:
+                    continue
+                if storage.is_dir(uri):
+                    self.mlflow.log_artifacts(storage.local_copy(uri, os.path.join(tmp, name)), artifact_path=name)
+                else:
+                    self.mlflow.log_artifact(storage.local_copy(uri, tmp))
         self.mlflow.end_run()
+
+    def fail(self) -> None:
+        self.mlflow.end_run(status="FAILED")
 
 
 class TensorBoardTracker(Tracker):
@@ -115,6 +132,10 @@ class TensorBoardTracker(Tracker):
         if storage.is_s3(out):
             storage.upload_tree(self.local, storage.join(out, "tensorboard"))
 
+    def fail(self) -> None:
+        # The epochs it saw are worth keeping: a resumed run's series goes on from them.
+        self.finish(self.out)
+
 
 def tracker(kind: str, out: str, params: dict, run_name: str) -> Tracker:
     if kind == "mlflow":
@@ -124,12 +145,46 @@ def tracker(kind: str, out: str, params: dict, run_name: str) -> Tracker:
     return Tracker()
 
 
-def tune_callbacks(kind: str) -> list:
-    """Ray Tune's own loggers for a sweep: MLflowLoggerCallback (a run a trial) for mlflow; Tune adds
-    its TBXLoggerCallback by itself (event files in each trial's folder under OUT/tune/)."""
-    if kind != "mlflow":
-        return []
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
+def fail(t: Tracker) -> None:
+    """End a started tracker's run as failed, never hiding the error that ended the command behind
+    one of the tracker's own."""
+    try:
+        t.fail()
+    except Exception as e:  # noqa: BLE001 - the command's own error is the one to report
+        print(f"warning: could not end the tracked run as failed: {e}", file=sys.stderr)
 
-    return [MLflowLoggerCallback(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"), experiment_name=EXPERIMENT,
-                                 save_artifact=False)]
+
+def tune_callbacks(kind: str) -> list:
+    """Ray Tune's own loggers for a sweep: MLflowLoggerCallback (a run a trial) for mlflow,
+    TBXLoggerCallback (event files in each trial's folder under OUT/tune/) for tensorboard.
+
+    Tune adds a TBXLoggerCallback by itself unless one is passed: so that the other kinds write no
+    event files, they pass one that logs nothing."""
+    from ray.tune.logger import TBXLoggerCallback
+
+    if kind == "tensorboard":
+        return [TBXLoggerCallback()]
+    callbacks = []
+    if kind == "mlflow":
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        callbacks.append(MLflowLoggerCallback(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
+                                              experiment_name=EXPERIMENT, save_artifact=False))
+
+    class NoTensorBoard(TBXLoggerCallback):
+        """Counts as the sweep's TensorBoard logger, so Tune adds none; logs nothing."""
+
+        def log_trial_start(self, trial) -> None:
+            pass
+
+        def log_trial_result(self, iteration, trial, result) -> None:
+            pass
+
+        def log_trial_end(self, trial, failed: bool = False) -> None:
+            pass
+
+    try:
+        callbacks.append(NoTensorBoard())
+    except ImportError:  # no tensorboardX: Tune can't add its own either
+        pass
+    return callbacks

@@ -68,10 +68,11 @@ def run_config(out: str, name: str, callbacks=None):
 
 
 def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable: bool = True,
-        on_epoch=None) -> FitResult:
+        on_epoch=None, on_ready=None) -> FitResult:
     """Everything up to the final checkpoint. Inputs, OUT and --weights are checked before any
     cluster time is spent. `resumable=False` (tune's trials) leaves resuming to Tune. `on_epoch(row,
-    i)` sees each epoch's row as it ends (a tracker)."""
+    i)` sees each epoch's row as it ends, `i` its index in the run's history (a tracker);
+    `on_ready()` is called once the inputs are checked, before Ray (a tracker starts its run)."""
     started_at = time.time()
     recipe, res = cfg.recipe.resolved(), cfg.resources
     layout = scan_layout(cfg.data, cfg.labels, cfg.valid_pct, recipe.seed)
@@ -94,6 +95,8 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
         note = resume.prepare(cfg, layout.classes, split, name)
         if note:
             print(note)
+    if on_ready is not None:
+        on_ready()
 
     import ray
     from ray.train import DataConfig, ScalingConfig
@@ -216,12 +219,24 @@ def run_train(cfg: TrainConfig) -> int:
 
     t0 = time.time()
     tracking.require(cfg.tracking)
-    tracker = tracking.tracker(cfg.tracking, cfg.out, to_dict(cfg.recipe), run_name=storage.basename(cfg.out))
-    fitted = fit(cfg, on_epoch=tracker.log_epoch)
-    metrics = write_train_outputs(cfg, fitted, {})
-    resume.mark_finished(cfg, fitted.classes, fitted.split)
-    tracker.log_metrics(metrics)
-    tracker.finish(cfg.out)
+    tracker = None
+
+    def start_tracking() -> None:
+        # Once fit has checked the inputs: a bad input (exit 2) leaves no tracked run behind.
+        nonlocal tracker
+        tracker = tracking.tracker(cfg.tracking, cfg.out, to_dict(cfg.recipe), run_name=storage.basename(cfg.out))
+
+    try:
+        fitted = fit(cfg, on_epoch=lambda row, i: tracker.log_epoch(row, i), on_ready=start_tracking)
+        metrics = write_train_outputs(cfg, fitted, {})
+        resume.mark_finished(cfg, fitted.classes, fitted.split)
+        tracker.log_metrics(metrics)
+        tracker.finish(cfg.out)
+    except BaseException:
+        # A run that started and did not finish says so (MLflow would show it RUNNING for ever).
+        if tracker is not None:
+            tracking.fail(tracker)
+        raise
     f = fitted.result.state.final
     print(f"raycat train: valid accuracy {f['valid_accuracy']:.4f} (TTA {f['valid_accuracy_tta']:.4f}) after "
           f"{f['epochs']} epochs in {time.time() - t0:.0f}s; outputs in {cfg.out}")

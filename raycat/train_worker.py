@@ -248,12 +248,12 @@ def train_loop(plan: WorkerPlan) -> None:
     if plan.console is not None and rank == 0:
         log, progress, epoch_row = console.sender(plan.console)
     else:
-        log, progress, epoch_row = (print if rank == 0 else (lambda _: None)), (lambda _: None), (lambda _: None)
+        log, progress, epoch_row = (print if rank == 0 else (lambda _: None)), (lambda _: None), (lambda *_: None)
     sent = [len(state.history)]  # epochs already told (a resumed run told the earlier ones before)
 
     def checkpoint_and_tell(s: RecipeState) -> None:
-        for row in s.history[sent[0]:]:
-            epoch_row(row)
+        for i in range(sent[0], len(s.history)):
+            epoch_row(i, s.history[i])  # its index in the history: a tracker's step, a resumed run's too
         sent[0] = len(s.history)
         checkpoint(s)
 

@@ -100,7 +100,7 @@ def test_a_killed_worker_is_replaced_and_a_killed_driver_is_resumed_by_the_same_
     out = tmp_path / "out"
     args = ["train", data, "--out", str(out), "--arch", "resnet18", "--weights", "none", "--size", "32",
             "--batch-size", "8", "--workers", "2", "--precompute-epochs", "1", "--head-cycles", "2",
-            "--unfrozen-cycles", "2", "--cycle-mult", "1", "--patience", "9", "--tta", "0"]
+            "--unfrozen-cycles", "2", "--cycle-mult", "1", "--patience", "9", "--tta", "0", "--tracking", "tensorboard"]
     # The driver joins this session's Ray, as a job submitted to a cluster would.
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     proc = subprocess.Popen([sys.executable, "-m", "raycat", *args], start_new_session=True, env=env,
@@ -138,6 +138,14 @@ def test_a_killed_worker_is_replaced_and_a_killed_driver_is_resumed_by_the_same_
     for old, new in zip(before.history, rows[:len(before.history)], strict=True):
         assert float(new["seconds"]) == pytest.approx(old["seconds"], abs=1e-6)
         assert float(new["train_loss"]) == pytest.approx(old["train_loss"], abs=1e-9)
+
+    # TensorBoard's steps are the epochs' indices in the run: the resumed command's series go on
+    # where the killed one's stopped, never overlapping (an epoch whose row the killed driver never
+    # received leaves a gap).
+    from test_tracking import scalars
+
+    steps = [s for s, _ in scalars(str(out / "tensorboard"))["valid_loss"]]
+    assert len(steps) == len(set(steps)) and set(range(len(before.history), 5)) <= set(steps), steps
 
     # Finished: the next run with this OUT will be a new one (test_resume.py covers that step).
     assert json.load(open(run_dir / "raycat_run.json"))["finished"] is True
