@@ -64,11 +64,6 @@ def unsafe_class_names(classes: object) -> list[str]:
     return [repr(c) for c in bad] + [f"{c!r} (twice)" for c in dupes]
 
 
-def _relative_parts(root: str, uri: str) -> list[str]:
-    rel = uri[len(root.rstrip("/")) + 1:]
-    return rel.replace("\\", "/").split("/")
-
-
 def _labelled_split(root: str, split: str) -> dict[str, list[str]]:
     """{class name: image URIs} for DATA/<split>/<class>/...; files anywhere below a class count."""
     base = storage.join(root, split)
@@ -77,7 +72,7 @@ def _labelled_split(root: str, split: str) -> dict[str, list[str]]:
         if not name.startswith(".") and storage.is_dir(storage.join(base, name))
     }
     for uri in storage.list_files(base):
-        parts = _relative_parts(base, uri)
+        parts = storage.relative_parts(base, uri)
         if len(parts) < 2 or not is_image_name(parts[-1]):
             continue
         by_class.setdefault(parts[0], []).append(uri)

@@ -2,13 +2,20 @@
 cut into numbered shards of paths without the driver ever holding them all.
 
 A shard is `SHARD_SIZE` images with a stable id, the unit a scoring actor reads, scores and writes
-as one Parquet part, and the unit a resumed run skips when its part is already written. It travels
+as one Parquet part, and the unit a resumed run reuses when it holds the same images. It travels
 through Ray Data as one row {shard, payload}: the payload is JSON ({paths, labels, bad}), so rows
 of any length and any number of bad entries share one Arrow schema.
 
-- A folder or prefix: the driver lists its top level only; each subfolder is listed (recursively)
-  by its own Ray task, in parallel, and cut into shards there. Shard ids are
-  `<top-level entry index>-<chunk>`, so the same tree always gives the same shards.
+- A folder or prefix: the driver streams one listing of its top level (never holding it) and cuts
+  it into listing units: each subfolder is one unit, listed (recursively) by its own Ray task; the
+  images at the top level are cut into ranges of names (after, until], each a unit of its own, so a
+  flat prefix of a million images is listed by many tasks in parallel. On S3 a bound falls every
+  `UNIT_SHARDS` shards of images, and a range's task lists from its bound on (ListObjectsV2's
+  StartAfter), reading only its own pages; a local folder can't be read from a name on, so its
+  ranges are fewer and larger (`LOCAL_RANGE_SHARDS`, `MAX_LOCAL_RANGES`), bounded by a sample of
+  its names. Shard ids are
+  `<unit>-<chunk>`, units numbered subfolders first (sorted), then ranges: the same listing
+  always gives the same units, shards and paths, whatever order the folder lists in.
 - A manifest (`.csv` or `.parquet` with a `path` column, optional `label`): one task streams the
   file in record batches and cuts it into shards `m-<chunk>`; a path may be local or s3://, and a
   relative one is relative to the manifest's folder. A ten-million-row table is never listed.
@@ -22,8 +29,11 @@ skipped and reported, as an unreadable image is.
 
 from __future__ import annotations
 
+import heapq
 import json
+import math
 import posixpath
+import zlib
 from dataclasses import dataclass
 
 from raycat import storage
@@ -31,6 +41,18 @@ from raycat.errors import BadInput
 from raycat.layout import IMAGE_EXTENSIONS, is_image_name
 
 SHARD_SIZE = 512  # images a shard: one actor call, one Parquet part, the unit of resume
+# Shards in an S3 range of a flat prefix (4,096 images, about 4 pages of a listing): big enough
+# that a task's start is small beside its pages, small enough that a million images make 245 units.
+UNIT_SHARDS = 8
+# A local folder can't be read from a name on: each range's task reads the whole directory (about
+# 0.5 us an entry) before it keeps its own names (about 2 us each). So a local range holds at least
+# 131,072 images (256 shards), and there are at most 8 (predict's listing tasks, which take no CPU
+# of their own from the scoring actors): a folder is read 1 + ceil(n / 131,072) times, at most 9.
+LOCAL_RANGE_SHARDS = 256
+MAX_LOCAL_RANGES = 8
+# Names sampled to place a local folder's range bounds: 64 a range, so ranges come out within
+# about 1/8 of each other's size.
+LOCAL_SAMPLE = 64 * MAX_LOCAL_RANGES
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 
 
@@ -51,38 +73,93 @@ def is_manifest(images: str) -> bool:
     return str(images).lower().endswith(MANIFEST_SUFFIXES) and not storage.is_dir(images)
 
 
-def plan_listing(images: str, classes: list[str]) -> tuple[Source, list[dict]]:
-    """(the source, one listing unit per top-level entry) for IMAGES; errors before any cluster time.
+def unit_row(index: int, kind: str, name: str = "", after: str = "", until: str = "", entries: int = 0) -> dict:
+    """A listing unit, one row of Ray Data: every unit has every field, so all share one schema.
 
-    A unit is {"unit": index, "name": entry, "kind": "dir" | "files" | "manifest"}; loose files at
-    the top level make one "files" unit listed by the driver itself (there is one level of them).
+    kind "dir": the folder `name` under IMAGES, recursively; "files": the images at the top level
+    whose names lie in (after, until] ("" leaves that end open), `entries` the files and folders
+    the range held when it was cut (0: not known), which sizes its last page of an S3 listing;
+    "manifest": the manifest IMAGES.
     """
+    return {"unit": index, "kind": kind, "name": name, "after": after, "until": until, "entries": entries}
+
+
+def plan_listing(images: str, classes: list[str]) -> tuple[Source, list[dict]]:
+    """(the source, its listing units) for IMAGES; errors before any cluster time. The driver keeps
+    the units (one per subfolder, one per few thousand top-level images), never the paths."""
     if is_manifest(images):
         if not storage.exists(images):
             raise ListingError(f"IMAGES {images}: no such manifest")
-        return Source(images, tuple(classes)), [{"unit": 0, "name": images, "kind": "manifest"}]
+        return Source(images, tuple(classes)), [unit_row(0, "manifest", images)]
     if not storage.is_dir(images):
         raise ListingError(f"IMAGES {images}: no such folder (or a manifest .csv/.parquet with a path column)")
     root = storage.absolute(images)
-    names = [n for n in storage.list_dir(root) if not n.startswith(".")]
-    dirs = [n for n in names if storage.is_dir(storage.join(root, n))]
-    files = [n for n in names if n not in dirs and is_image_name(n)]
-    labelled = not files and bool(set(dirs) & set(classes))
+    dirs, ranges = _top_level(root)
+    labelled = not ranges and bool(set(dirs) & set(classes))
     if labelled:
         unknown = sorted(set(dirs) - set(classes))
         if unknown:
             raise ListingError(f"IMAGES {images}: labelled folders {', '.join(unknown)} are not among the model's "
                                f"classes ({', '.join(classes)})")
-    units = [{"unit": i, "name": n, "kind": "dir"} for i, n in enumerate(dirs)]
-    if files:
-        units.append({"unit": len(dirs), "name": "", "kind": "files"})
+    units = [unit_row(i, "dir", n) for i, n in enumerate(dirs)]
+    units += [unit_row(len(dirs) + i, "files", after=a, until=u, entries=e) for i, (a, u, e) in enumerate(ranges)]
     if not units:
         raise ListingError(f"IMAGES {images}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return Source(root, tuple(classes), labelled), units
 
 
-def _label(source: Source, parts: list[str]) -> int:
-    index = {c: i for i, c in enumerate(source.classes)}
+def _top_level(root: str) -> tuple[list[str], list[tuple[str, str, int]]]:
+    """(the top level's folders, sorted; the (after, until, entries) ranges its images are cut into),
+    from one pass over a listing that is streamed, never held, its types as the listing gave them."""
+    dirs: list[str] = []
+    n = 0  # images at the top level
+
+    def entries():
+        """(name, is an image) for every entry, in the listing's order; folders noted on the way."""
+        nonlocal n
+        for name, is_folder in storage.scan_dir(root):
+            hidden = name.startswith(".")
+            if is_folder and not hidden:
+                dirs.append(name)
+            image = not is_folder and not hidden and is_image_name(name)
+            n += image
+            yield name, image
+
+    if storage.is_s3(root):
+        ranges = _key_ranges(entries(), UNIT_SHARDS * SHARD_SIZE)
+    else:
+        # Whatever order the directory lists in, the same sample: the names of smallest hash.
+        sample = sorted(heapq.nsmallest(LOCAL_SAMPLE, (name for name, image in entries() if image), key=_name_hash))
+        k = min(MAX_LOCAL_RANGES, math.ceil(n / (LOCAL_RANGE_SHARDS * SHARD_SIZE)))
+        bounds = ["", *(sample[i * len(sample) // k] for i in range(1, k)), ""]
+        ranges = [(bounds[i], bounds[i + 1], 0) for i in range(k)]
+    return sorted(dirs), ranges
+
+
+def _name_hash(name: str) -> tuple[int, str]:
+    return zlib.crc32(name.encode("utf-8", "surrogateescape")), name
+
+
+def _key_ranges(entries, step: int) -> list[tuple[str, str, int]]:
+    """(after, until, entries) ranges of `step` images each from (name, is an image) in key order
+    (S3's), each counting the entries it holds (files and folders, images or not). The last range
+    is left open, for files added since."""
+    ranges, after, images, since = [], "", 0, 0
+    for name, image in entries:
+        since += 1
+        if image:
+            images += 1
+            if images % step == 0:
+                ranges.append((after, name, since))
+                after, since = name, 0
+    if images % step:
+        ranges.append((after, "", since))
+    elif ranges:
+        ranges[-1] = (ranges[-1][0], "", ranges[-1][2] + since)
+    return ranges
+
+
+def _label(source: Source, index: dict[str, int], parts: list[str]) -> int:
     if source.labelled_tree:
         return index[parts[0]]
     return index.get(parts[-2], -1) if len(parts) >= 2 else -1
@@ -97,33 +174,30 @@ def shard_of(row: dict) -> tuple[str, list[str], list[int], list[tuple[str, str]
     return row["shard"], d["paths"], d["labels"], [tuple(b) for b in d["bad"]]
 
 
-def _shards(unit: int, paths: list[str], labels: list[int]) -> list[dict]:
-    return [shard_row(f"{unit:05d}-{i // SHARD_SIZE:06d}", paths[i:i + SHARD_SIZE], labels[i:i + SHARD_SIZE], [])
+def _shards(index: int, paths: list[str], labels: list[int]) -> list[dict]:
+    return [shard_row(f"{index:05d}-{i // SHARD_SIZE:06d}", paths[i:i + SHARD_SIZE], labels[i:i + SHARD_SIZE], [])
             for i in range(0, len(paths), SHARD_SIZE)]
 
 
-def list_unit(row: dict, source: Source, skip: frozenset = frozenset()):
-    """Ray Data flat_map: one listing unit -> its shard rows, but those whose id is in `skip`
-    (scored by an earlier run)."""
-    for shard in _unit_shards(row, source):
-        if shard["shard"] not in skip:
-            yield shard
-
-
-def _unit_shards(row: dict, source: Source):
-    kind, unit = row["kind"], int(row["unit"])
+def list_unit(row: dict, source: Source):
+    """Ray Data flat_map: one listing unit -> its shard rows. (A shard an earlier run scored is
+    listed too: its scoring actor reuses the summary if the shard still holds the same images.)"""
+    kind, index = row["kind"], int(row["unit"])
     if kind == "manifest":
         yield from read_manifest(source)
         return
     if kind == "files":
-        uris = [storage.join(source.images, n) for n in storage.list_dir(source.images)
-                if not n.startswith(".") and is_image_name(n)]
-        uris = [u for u in uris if not storage.is_dir(u)]
-    else:
-        uris = [u for u in storage.list_files(storage.join(source.images, row["name"]), outside=source.images)
-                if is_image_name(u)]
-    labels = [_label(source, storage.relative_parts(source.images, u)) for u in uris]
-    yield from _shards(unit, uris, labels)
+        names = sorted(n for n in storage.scan_files(source.images, row["after"] or None, row["until"] or None,
+                                                     int(row["entries"]) or None)
+                       if not n.startswith(".") and is_image_name(n))
+        folder = storage.join(source.images, "")  # IMAGES and a separator: each path is that and a name
+        # IMAGES' own images sit in no folder under it, so none is labelled (see the module docstring).
+        yield from _shards(index, [folder + n for n in names], [-1] * len(names))
+        return
+    uris = [u for u in storage.list_files(storage.join(source.images, row["name"]), outside=source.images)
+            if is_image_name(u)]
+    classes = {c: i for i, c in enumerate(source.classes)}
+    yield from _shards(index, uris, [_label(source, classes, storage.relative_parts(source.images, u)) for u in uris])
 
 
 def read_manifest(source: Source):

@@ -1,7 +1,9 @@
 """The one place that opens paths and URIs: local folders and s3:// (any S3-compatible store).
 
 S3 is configured by the standard AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), which
-pyarrow reads itself. Every write is atomic: a file appears under its final name only when it is
+pyarrow and boto3 read themselves; each process makes one client of each and keeps it. Listings
+give each entry's type as the listing returned it (os.scandir's, S3's files and common prefixes):
+no stat per file. Every write is atomic: a file appears under its final name only when it is
 complete (local: write a temporary sibling, then rename; S3: a single PUT, which S3 makes visible
 only once whole). Writes to S3 retry with exponential backoff, so a store that blinks for a few
 seconds does not fail a job.
@@ -9,11 +11,15 @@ seconds does not fail a job.
 
 from __future__ import annotations
 
+import atexit
+import heapq
 import os
 import posixpath
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Callable, TypeVar
 
 import pyarrow.fs as pafs
@@ -55,16 +61,68 @@ def relative_parts(root: str, uri: str) -> list[str]:
     return rel.replace("\\", "/").split("/")
 
 
-def _s3_filesystem() -> pafs.S3FileSystem:
-    # Region and endpoint come from the environment; an explicit endpoint (moto, MinIO) needs no
-    # region lookup. Retries inside pyarrow cover short blips; ours cover longer outages.
-    kwargs = {}
+# One S3 client of each kind per process, made on first use and kept: a client holds its connection
+# pool and credentials, and making one per call (once per file listed or read) cost more than the
+# call. Keyed by the AWS_* settings it was made from, so a process whose settings change (tests do)
+# gets a client for the new ones, and by the process id, so a forked child never shares its
+# parent's sockets.
+_CLIENTS: dict[tuple, object] = {}
+_CLIENTS_LOCK = threading.Lock()
+_S3_SETTINGS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# Dropped at exit before pyarrow finalizes its S3 support (pyarrow.fs, imported above, registered
+# that first, so it runs after this): a filesystem that outlives it can crash or hang the exit
+# (apache/arrow#36346, #50188).
+atexit.register(_CLIENTS.clear)
+
+
+def _client(kind: str, make: Callable[[], T]) -> T:
+    key = (kind, os.getpid(), *(os.environ.get(k) for k in _S3_SETTINGS))
+    with _CLIENTS_LOCK:
+        if key not in _CLIENTS:
+            _CLIENTS[key] = make()
+        return _CLIENTS[key]
+
+
+def _s3_endpoint() -> tuple[str | None, str | None]:
+    """(endpoint, region) from the environment; an explicit endpoint (moto, MinIO) needs no region
+    lookup, so it gets the configured region or us-east-1."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        kwargs["endpoint_override"] = endpoint
-        kwargs["scheme"] = "https" if endpoint.startswith("https") else "http"
-        kwargs["region"] = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
-    return pafs.S3FileSystem(**kwargs)
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    return endpoint, region if endpoint else None
+
+
+def _s3_filesystem() -> pafs.S3FileSystem:
+    """This process's pyarrow S3 filesystem. Retries inside pyarrow cover short blips; ours cover
+    longer outages."""
+
+    def make() -> pafs.S3FileSystem:
+        endpoint, region = _s3_endpoint()
+        if not endpoint:
+            return pafs.S3FileSystem()
+        return pafs.S3FileSystem(endpoint_override=endpoint, scheme="https" if endpoint.startswith("https") else "http",
+                                 region=region)
+
+    return _client("pyarrow", make)
+
+
+def _s3_client():
+    """This process's boto3 S3 client, for what pyarrow's filesystem can't do: list a folder page by
+    page, from a given key on (ListObjectsV2's StartAfter), holding one page at a time."""
+
+    def make():
+        import boto3
+        from botocore.config import Config
+
+        endpoint, region = _s3_endpoint()
+        config = Config(retries={"mode": "standard", "max_attempts": 3},  # pyarrow's default; ours on top
+                        s3={"addressing_style": "path"} if endpoint else None)  # as pyarrow addresses an endpoint
+        return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+    return _client("boto3", make)
+
+
+_LOCAL_FILESYSTEM = pafs.LocalFileSystem()  # holds no state: one serves every local path
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -72,7 +130,7 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     uri = str(uri)
     if is_s3(uri):
         return _s3_filesystem(), uri[len("s3://"):].rstrip("/")
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
+    return _LOCAL_FILESYSTEM, os.path.abspath(uri)
 
 
 def ray_storage(uri: str) -> dict:
@@ -87,8 +145,34 @@ TRANSIENT = ("NETWORK_CONNECTION", "SLOW_DOWN", "INTERNAL_FAILURE", "SERVICE_UNA
              "HTTP status 500", "HTTP status 502", "HTTP status 503", "HTTP status 504", "curlCode")
 
 
+class S3CallError(OSError):
+    """A boto3 call's failure, raised as an OSError as pyarrow's are, saying whether it is worth
+    another try: `retrying` treats both clients' errors alike."""
+
+    def __init__(self, message: str, transient: bool):
+        super().__init__(message)
+        self.transient = transient
+
+
+def _boto(fn: Callable[[], T]) -> T:
+    from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    try:
+        return fn()
+    except ClientError as e:
+        err, status = e.response.get("Error", {}), e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = err.get("Code", "")
+        raise S3CallError(f"{code}: {err.get('Message', '')} (HTTP status {status})",
+                          status >= 500 or code in ("SlowDown", "RequestTimeout")) from e
+    except (BotoConnectionError, HTTPClientError) as e:  # refused, reset, timed out
+        raise S3CallError(str(e), True) from e
+    except BotoCoreError as e:  # no credentials, a bad endpoint: another try won't help
+        raise S3CallError(str(e), False) from e
+
+
 def is_transient(e: BaseException) -> bool:
-    return any(t in str(e) for t in TRANSIENT)
+    return getattr(e, "transient", False) or any(t in str(e) for t in TRANSIENT)
 
 
 def retrying(what: str, fn: Callable[[], T], retries: bool = True) -> T:
@@ -214,20 +298,108 @@ def list_files(uri: str, outside: str | None = None) -> list[str]:
     root = os.path.abspath(uri)
     own, fence = os.path.realpath(root), os.path.realpath(outside) if outside else None
     inside = lambda real, top: real == top or real.startswith(top.rstrip("/") + "/")  # noqa: E731
-    out, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
+    out, seen, todo = [], set(), [root]
+    while todo:  # depth first, folders in sorted order, as os.walk goes (which path of a linked folder is kept)
+        folder = todo.pop()
+        real = os.path.realpath(folder)
         if real in seen or (fence and inside(real, fence) and not inside(real, own)):
-            dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
+        subfolders = []
+        for name, is_folder in _local_entries(folder):
             if not name.startswith("."):
-                full = os.path.join(dirpath, name)
-                if os.path.isfile(full):
-                    out.append(full)
+                (subfolders if is_folder else out).append(os.path.join(folder, name))
+        todo += sorted(subfolders, reverse=True)
     return sorted(out)
+
+
+# Keys a ListObjectsV2 page holds at most (S3's own ceiling; tests lower it to cross pages).
+S3_PAGE_KEYS = 1000
+
+
+def _local_entries(path: str, after: str | None = None, until: str | None = None) -> Iterator[tuple[str, bool]]:
+    """(name, is_folder) for the files and folders in a local folder with after < name <= until, types
+    from os.scandir (the directory's own record: a stat only for a symlink, which is followed)."""
+    try:
+        entries = os.scandir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    with entries:
+        for e in entries:
+            name = e.name
+            if (after is not None and name <= after) or (until is not None and name > until):
+                continue
+            try:
+                if e.is_dir():
+                    yield name, True
+                elif e.is_file():  # not a broken link, a socket, a pipe
+                    yield name, False
+            except OSError:  # gone between the listing and the look
+                continue
+
+
+def _s3_pages(uri: str, after: str | None = None, expected: int | None = None) -> Iterator[list[tuple[str, bool]]]:
+    """The pages of a one-level listing of the folder `uri` (Delimiter "/") from the name `after` on:
+    each a list of (name, is_folder) in key order, a folder's name ending in "/" as its key does.
+    `expected` (entries still to come, if known) sizes the pages so that the last one ends there."""
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    prefix = key.strip("/") + "/" if key.strip("/") else ""
+    request = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/"}
+    if prefix + (after or ""):  # past the folder's own marker object (key `prefix`), if it has one
+        request["StartAfter"] = prefix + (after or "")
+    client = _s3_client()
+    while True:
+        request["MaxKeys"] = expected if expected is not None and 0 < expected < S3_PAGE_KEYS else S3_PAGE_KEYS
+        page = retrying(f"list {uri}", lambda: _boto(lambda: client.list_objects_v2(**request)), True)
+        # Files and folders come as two lists, each in key order: merged, the page is in key order.
+        entries = list(heapq.merge(((o["Key"][len(prefix):], False) for o in page.get("Contents", ())),
+                                   ((p["Prefix"][len(prefix):], True) for p in page.get("CommonPrefixes", ()))))
+        yield entries
+        if expected is not None:
+            expected -= len(entries)
+        if not page.get("IsTruncated"):
+            return
+        request["ContinuationToken"] = page["NextContinuationToken"]
+
+
+def scan_dir(uri: str) -> Iterator[tuple[str, bool]]:
+    """(name, is_folder) for each file and folder directly inside the folder `uri`, streamed as the
+    listing returns them (a flat folder of a million images is never held whole), with the type the
+    listing gave (os.scandir's; S3's files and common prefixes): no stat per entry. Hidden names
+    included; a broken link or a socket left out; a missing folder yields nothing. Order: S3's key
+    order; a local folder's own order, which is not sorted."""
+    uri = str(uri)
+    if not is_s3(uri):
+        yield from _local_entries(os.path.abspath(uri))
+        return
+    for page in _s3_pages(uri):
+        for name, is_folder in page:
+            name = name.rstrip("/")
+            if name:  # not an empty name (a key such as "prefix//x")
+                yield name, is_folder
+
+
+def scan_files(uri: str, after: str | None = None, until: str | None = None, expected: int | None = None
+               ) -> Iterator[str]:
+    """Names of the files directly inside the folder `uri` with after < name <= until (None: no bound;
+    str order, which is S3's key order), typed by the listing as scan_dir's are.
+
+    S3 reads only that range: the listing starts after `after` (StartAfter) and stops at `until`;
+    `expected`, the entries (files and folders) the range held when it was cut, sizes the last page
+    to end there. A local folder can't be read from a name on: it is read whole and the names
+    outside the range are dropped. Order: S3's key order; a local folder's own."""
+    uri = str(uri)
+    if not is_s3(uri):
+        yield from (name for name, is_folder in _local_entries(os.path.abspath(uri), after, until) if not is_folder)
+        return
+    for page in _s3_pages(uri, after, expected):
+        for name, is_folder in page:
+            if until is not None and name > until:
+                return
+            if name and not is_folder:
+                yield name
+        if until is not None and page and page[-1][0] >= until:  # the next page starts past `until`
+            return
 
 
 def list_dir(uri: str) -> list[str]:

@@ -1,8 +1,13 @@
-"""What predict scores: folders, prefixes and manifests cut into shards, with labels (no Ray)."""
+"""What predict scores: folders, prefixes and manifests cut into shards, with labels; a flat folder
+or prefix cut into ranges listed in parallel, with no stat per file (Ray only where marked)."""
 
+import math
 import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -101,9 +106,144 @@ def test_a_symlink_loop_is_walked_once_across_parallel_listings(tmp_path):
     assert got == ["cat/1.jpg", "dog/2.jpg"]
 
 
-def test_shards_an_earlier_run_scored_are_left_out_by_the_listing(tmp_path, monkeypatch):
-    monkeypatch.setattr(listing, "SHARD_SIZE", 2)
-    touch(tmp_path, *[f"a/{i}.jpg" for i in range(5)])
-    source, units = listing.plan_listing(str(tmp_path), ["x"])
-    rows = list(listing.list_unit(units[0], source, skip=frozenset({"00000-000001"})))
-    assert [r["shard"] for r in rows] == ["00000-000000", "00000-000002"]
+# ---- a flat folder or prefix: ranges of names, listed in parallel, no stat per file ---------------
+
+def small_units(monkeypatch, shard_size, unit_shards, page_keys=None):
+    """Shards and units (S3's and local ones) of a few images, so a few hundred files make many
+    units (raising=False: the same test runs against a listing without these knobs, and fails on
+    what it checks)."""
+    monkeypatch.setattr(listing, "SHARD_SIZE", shard_size)
+    monkeypatch.setattr(listing, "UNIT_SHARDS", unit_shards, raising=False)
+    monkeypatch.setattr(listing, "LOCAL_RANGE_SHARDS", unit_shards, raising=False)
+    if page_keys:
+        monkeypatch.setattr(storage, "S3_PAGE_KEYS", page_keys, raising=False)
+
+
+def shards_by_unit(images, classes=("x",)):
+    """(units, [(shard id, paths)] in unit order) as the listing tasks would produce them."""
+    source, units = listing.plan_listing(images, list(classes))
+    return units, [listing.shard_of(r)[:2] for u in units for r in listing.list_unit(u, source)]
+
+
+def count_stats(monkeypatch, root: str) -> list:
+    """Every stat the listing makes from here on: a get_file_info of a path (not a FileSelector's
+    listing) on any filesystem storage hands out, which is a stat (a HEAD on S3), and os.stat (what
+    os.path.isfile and isdir call) of a path under `root`. A spy around the real objects: every call
+    still happens."""
+    calls, real_filesystem, real_stat = [], storage.filesystem, os.stat
+
+    class Spy:
+        def __init__(self, fs):
+            self._fs = fs
+
+        def get_file_info(self, what):
+            if not isinstance(what, pafs.FileSelector):
+                calls.append(what)
+            return self._fs.get_file_info(what)
+
+        def __getattr__(self, name):
+            return getattr(self._fs, name)
+
+    def filesystem(uri):
+        fs, path = real_filesystem(uri)
+        return Spy(fs), path
+
+    def stat(path, *args, **kwargs):
+        if str(path).startswith(root):
+            calls.append(path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "filesystem", filesystem)
+    monkeypatch.setattr(os, "stat", stat)
+    return calls
+
+
+def test_a_flat_folder_is_cut_into_ranges_that_list_every_image_once_with_stable_ids(tmp_path, monkeypatch):
+    small_units(monkeypatch, shard_size=16, unit_shards=4)  # 64 images a unit
+    images = [f"img{i:05d}.jpg" for i in range(1000)]
+    touch(tmp_path, *images, "notes.txt", ".hidden.jpg", *[f"sub/{i}.png" for i in range(5)])
+    units, shards = shards_by_unit(str(tmp_path))
+    ranges = [u for u in units if u["kind"] == "files"]
+    assert [u["kind"] for u in units] == ["dir"] + ["files"] * 8  # the subfolder, then 8 ranges (the most)
+    paths = [p for _, ps in shards for p in ps]
+    assert sorted(paths) == sorted([str(tmp_path / n) for n in images] + [str(tmp_path / f"sub/{i}.png")
+                                                                          for i in range(5)])
+    assert len(set(paths)) == len(paths)  # every image once
+    flat = [p for s, ps in shards if not s.startswith("00000-") for p in ps]
+    assert flat == sorted(flat)  # ranges in order: the flat images as one sorted run
+    assert len({s for s, _ in shards}) == len(shards) and all(len(ps) <= 16 for _, ps in shards)
+    sizes = [sum(len(ps) for s, ps in shards if s.startswith(f"{u['unit']:05d}-")) for u in ranges]
+    assert sum(sizes) == 1000 and max(sizes) < 2.5 * min(sizes)  # bounds from a sample: sizes alike
+    assert shards_by_unit(str(tmp_path)) == (units, shards)  # the same ids, the same paths
+
+    real = storage.scan_dir
+    monkeypatch.setattr(storage, "scan_dir", lambda uri: reversed(list(real(uri))))  # another listing order
+    assert shards_by_unit(str(tmp_path)) == (units, shards)
+
+
+def test_listing_a_folder_stats_no_file(tmp_path, monkeypatch):
+    small_units(monkeypatch, shard_size=16, unit_shards=4)
+    touch(tmp_path, *[f"{i:04d}.jpg" for i in range(600)], *[f"cat/{i:04d}.jpg" for i in range(200)], "a.txt")
+    calls = count_stats(monkeypatch, str(tmp_path))
+    _, shards = shards_by_unit(str(tmp_path), ["cat"])
+    assert sum(len(ps) for _, ps in shards) == 800
+    assert len(calls) <= 3, calls[:10]  # IMAGES itself is looked at; its 801 files never are
+
+
+@pytest.mark.integration
+def test_a_flat_s3_prefix_is_cut_into_ranges_each_listing_only_its_own_pages(s3_server, bucket, monkeypatch):
+    import boto3
+
+    small_units(monkeypatch, shard_size=8, unit_shards=2, page_keys=7)  # 16 images a unit, 7 keys a page
+    prefix = f"flat-{uuid.uuid4().hex[:8]}"
+    images = [f"{i:04d}.jpg" for i in range(300)]
+    names = [*images, "notes.txt", ".hidden.jpg", "0100.jpg.txt", "sub/a.jpg", "sub/b.jpg", ""]  # "": a marker
+    s3 = boto3.client("s3")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: s3.put_object(Bucket=bucket, Key=f"{prefix}/{n}", Body=b"x"), names))
+    root = f"s3://{bucket}/{prefix}"
+
+    stats = count_stats(monkeypatch, root)
+    calls: list[str] = []
+    client = storage._s3_client() if hasattr(storage, "_s3_client") else None
+    count = lambda model, **kwargs: calls.append(model.name)  # noqa: E731 - boto3's own event hook
+    if client:
+        client.meta.events.register("before-call.s3", count)
+    try:
+        source, units = listing.plan_listing(root, ["x"])
+        planned = len(calls)
+        shards = [listing.shard_of(r)[:2] for u in units for r in listing.list_unit(u, source)]
+    finally:
+        if client:
+            client.meta.events.unregister("before-call.s3", count)
+
+    ranges = [u for u in units if u["kind"] == "files"]
+    assert len(ranges) == math.ceil(300 / 16) and [u["kind"] for u in units][0] == "dir"
+    paths = [p for _, ps in shards for p in ps]
+    assert sorted(paths) == sorted([f"{root}/{n}" for n in images] + [f"{root}/sub/a.jpg", f"{root}/sub/b.jpg"])
+    assert len(set(paths)) == len(paths) and len({s for s, _ in shards}) == len(shards)
+    assert shards_by_unit(root) == (units, shards)  # stable ids and paths
+    assert len(stats) <= 3, stats[:10]  # no HEAD per key
+    assert set(calls) == {"ListObjectsV2"}
+    # Each range lists from its own bound and stops at the next: its own pages, never the prefix again.
+    assert len(calls) - planned == sum(math.ceil(u["entries"] / 7) for u in ranges)
+    assert planned == math.ceil((len(images) + 3 + 1) / 7)  # the driver's one pass: the images, 3 other files, sub/
+
+
+@pytest.mark.integration
+def test_ranges_go_through_ray_data_as_predict_lists_them(ray_local, tmp_path, monkeypatch):
+    """The units as Ray Data rows, listed by parallel tasks as predict_job runs them, give the
+    shards the in-process listing gives. (Shards of the real size, in the tasks too; the driver cuts
+    local ranges of 1,024 images, not 131,072.)"""
+    import ray.data
+
+    monkeypatch.setattr(listing, "LOCAL_RANGE_SHARDS", 2, raising=False)
+    touch(tmp_path, *[f"{i:05d}.jpg" for i in range(3000)], *[f"dog/{i}.jpg" for i in range(10)])
+    source, units = listing.plan_listing(str(tmp_path), ["dog"])
+    assert [u["kind"] for u in units] == ["dir", "files", "files", "files"]
+    rows = ray.data.from_items(units, override_num_blocks=len(units)).flat_map(
+        listing.list_unit, fn_kwargs={"source": source}, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2))
+    got = sorted(listing.shard_of(r)[:3] for r in rows.iter_rows())
+    want = sorted(listing.shard_of(r)[:3] for u in units for r in listing.list_unit(u, source))
+    assert got == want and sum(len(p) for _, p, _ in got) == 3010
+    assert {y for _, _, ys in got for y in ys} == {0, -1}  # dog/ labelled, the flat images not

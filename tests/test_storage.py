@@ -46,3 +46,24 @@ def test_publish_tree_replaces_a_folder_whole(tmp_path):
     storage.publish_tree(str(stage), str(out))
     assert sorted(os.listdir(out)) == ["new.txt"]
     assert sorted(os.listdir(tmp_path / "out")) == ["predictions"]
+
+
+@pytest.mark.integration
+def test_s3_clients_are_made_once_a_process_and_anew_for_new_settings(s3_server, monkeypatch):
+    fs, _ = storage.filesystem("s3://some-bucket/a")
+    assert storage.filesystem("s3://other-bucket/b")[0] is fs  # one client, its connections reused
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    assert storage.filesystem("s3://some-bucket/a")[0] is not fs
+
+
+@pytest.mark.integration
+def test_an_s3_listing_rides_out_a_short_outage_and_a_missing_bucket_fails_naming_it(s3_outage, bucket):
+    folder = f"s3://{bucket}/blink-listing"
+    for rel in ("b.jpg", "a.jpg", "sub/c.jpg"):
+        storage.write_text(f"{folder}/{rel}", "x")
+    s3_outage.down(seconds=2)
+    assert list(storage.scan_dir(folder)) == [("a.jpg", False), ("b.jpg", False), ("sub", True)]
+    assert s3_outage.refused > 0  # the listing really met the outage
+    assert list(storage.scan_files(folder, after="a.jpg")) == ["b.jpg"]
+    with pytest.raises(storage.StorageError, match="list s3://raycat-no-such-bucket/x: NoSuchBucket"):
+        list(storage.scan_dir("s3://raycat-no-such-bucket/x"))
