@@ -98,8 +98,12 @@ def write(out: str, state_dict: dict, card: ModelCard, export: bool = True) -> s
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
     storage.write_bytes(storage.join(out, "model", WEIGHTS), buf.getvalue())
     card_uri = storage.join(out, "model", CARD)
-    storage.write_text(card_uri, json.dumps(dataclasses.replace(card, exported=None).to_json(), indent=2,
-                                            sort_keys=True) + "\n")
+
+    def write_card(exported: dict | None) -> None:
+        storage.write_text(card_uri, json.dumps(dataclasses.replace(card, exported=exported).to_json(), indent=2,
+                                                sort_keys=True) + "\n")
+
+    write_card(None)
     storage.delete_tree(storage.join(out, "model", EXPORTED))  # an earlier run's program is not this model
     if not export:
         return ""
@@ -109,8 +113,7 @@ def write(out: str, state_dict: dict, card: ModelCard, export: bool = True) -> s
         first_line = (str(e).splitlines() or [""])[0][:200]
         return f"model.pt2 not written: torch.export failed ({type(e).__name__}: {first_line})"
     storage.write_bytes(storage.join(out, "model", EXPORTED), program)
-    storage.write_text(card_uri, json.dumps(dataclasses.replace(card, exported=EXPORTED_USAGE).to_json(), indent=2,
-                                            sort_keys=True) + "\n")
+    write_card(EXPORTED_USAGE)
     return ""
 
 
