@@ -58,8 +58,9 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
     fields = flat_fields(cls)
     for f, typ, _ in sorted(fields, key=lambda t: not t[0].metadata.get("positional")):
         help_ = f.metadata.get("help", "")
-        if typing.get_origin(typ) is not None:  # Optional[X]
-            typ = next(a for a in typing.get_args(typ) if a is not type(None))
+        if typing.get_origin(typ) is not None:  # Optional[X], or int | str (read as text, parsed by the config)
+            options = [a for a in typing.get_args(typ) if a is not type(None)]
+            typ = str if str in options else options[0]
         if f.metadata.get("positional"):
             more = {"nargs": "+"} if typ is list else {"choices": f.metadata.get("choices")}
             parser.add_argument(f.name, metavar=f.name.upper(), help=help_, **more)
@@ -73,7 +74,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
             help_ += f" (default: {_default(f)})"
         else:
             kwargs["type"] = typ
-            kwargs["metavar"] = typ.__name__.upper()
+            kwargs["metavar"] = f.metadata.get("metavar") or typ.__name__.upper()
             help_ += f" (default: {_default(f)})"
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]

@@ -31,11 +31,12 @@ CACHE_MODES = ("auto", "memory", "stream")
 TRACKERS = ("none", "mlflow", "tensorboard")
 
 
-def arg(default: Any, help: str, positional: bool = False, choices: tuple | None = None) -> Any:
+def arg(default: Any, help: str, positional: bool = False, choices: tuple | None = None,
+        metavar: str | None = None) -> Any:
+    meta = {"help": help, "positional": positional, "choices": choices, "metavar": metavar}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default),
-                     metadata={"help": help, "positional": positional, "choices": choices})
-    return field(default=default, metadata={"help": help, "positional": positional, "choices": choices})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 def part(cls: type) -> Any:
@@ -154,21 +155,52 @@ class Resources:
     verbose: bool = arg(False, "show Ray's own logs and warnings too (by default they stay in Ray's log folder)")
 
     def __post_init__(self) -> None:
-        _positive(self, "workers")
+        self._check_workers()
         _non_negative(self, "cpus_per_worker")
+
+    def _check_workers(self) -> None:
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool):
+            raise ConfigError(f"--workers: expected a whole number (a range MIN-MAX is for train and tune), got "
+                              f"{self.workers!r}")
+        _positive(self, "workers")
+
+
+def parse_workers(value: int | str) -> tuple[int, int]:
+    """(MIN, MAX) Train workers from `--workers N` or `--workers MIN-MAX` (an elastic group)."""
+    text = str(value).strip()
+    parts = text.split("-")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"--workers: expected N or MIN-MAX (e.g. 2-8), got {text!r}")
+    lo, hi = int(parts[0]), int(parts[-1])
+    _check(lo >= 1, "workers", f"must be >= 1 (MIN too), got {text!r}")
+    _check(lo <= hi, "workers", f"MIN must be <= MAX, got {text!r}")
+    return lo, hi
 
 
 @dataclass
 class TrainResources(Resources):
+    # Train and tune take a range: an elastic group that starts with what the cluster has (at least
+    # MIN), shrinks when a node is lost and grows back to MAX (docs/contract.md, 'Elastic training').
+    workers: int | str = arg(1, "Ray Train workers: N, or MIN-MAX for an elastic group that rides out lost nodes",
+                             metavar="N|MIN-MAX")
     placement: str = arg("PACK", "Train workers on nodes: PACK (fewest nodes) or SPREAD (one per node if possible)",
                          choices=("PACK", "SPREAD"))
     cache: str = arg("auto", "decoded images: memory (each worker keeps its shard after the first epoch), stream "
                      "(read and decode every epoch), auto (memory when it fits)", choices=CACHE_MODES)
 
+    def _check_workers(self) -> None:
+        if isinstance(self.workers, str) and "-" not in self.workers:
+            self.workers = parse_workers(self.workers)[0]  # "2" from a config file or the command line
+        self.min_workers, self.max_workers = parse_workers(self.workers)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         _choice(self, "placement", ("PACK", "SPREAD"))
         _choice(self, "cache", CACHE_MODES)
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers < self.max_workers
 
 
 def _data_source(cfg: Any) -> None:
@@ -361,7 +393,13 @@ def coerce(key: str, value: Any, typ: Any) -> Any:
     if typing.get_origin(typ) in (typing.Union, types.UnionType):
         if value is None:
             return None
-        typ = next(a for a in typing.get_args(typ) if a is not type(None))
+        options = [a for a in typing.get_args(typ) if a is not type(None)]
+        if len(options) > 1:  # int | str (--workers N or MIN-MAX): the config checks the value itself
+            if isinstance(value, bool) or not isinstance(value, tuple(options)):
+                raise ConfigError(f"config key {key!r}: expected {' or '.join(a.__name__ for a in options)}, "
+                                  f"got {type(value).__name__} {value!r}")
+            return value
+        typ = options[0]
     ok = {bool: lambda v: isinstance(v, bool),
           int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),

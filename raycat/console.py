@@ -25,22 +25,35 @@ class Relay:
     """The driver's end: a Ray queue (an actor that reserves no CPU) and a thread printing from it."""
 
     def __init__(self, out=None, on_epoch: Callable[[dict, int], None] | None = None):
+        import ray
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        # On the driver's node: a queue on another node would go with it when that node is lost,
+        # and with it every line after (the resize, the epochs of the group that goes on).
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self.on_epoch = on_epoch  # (row, index in the run's history): each epoch's row, for a tracker
         self.out = out or sys.stdout
         self.tty = self.out.isatty()
         self._stop = threading.Event()
         self._progress_shown = False
+        # The Train worker groups this command ran, as group_watch.GroupWatch reported them: their
+        # size, why each started, when, and the index of the first epoch each one ended.
+        self.groups: list[dict] = []
         self._thread = threading.Thread(target=self._run, name="raycat-console", daemon=True)
         self._thread.start()
 
     def _show(self, item) -> None:
         kind, text = item
+        if kind == "group":
+            self.groups.append({**text, "from_epoch": None})
+            return
         if kind == "epoch":
             # The worker numbers the rows: a resumed run's first row is not this relay's first.
             index, row = text
+            if self.groups and self.groups[-1]["from_epoch"] is None:
+                self.groups[-1]["from_epoch"] = index
             if self.on_epoch is not None:
                 try:
                     self.on_epoch(row, index)

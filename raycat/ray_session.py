@@ -73,6 +73,13 @@ def node_cpus() -> list[tuple[float, float]]:
     return [(n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n["Alive"]]
 
 
+def node_totals() -> list[dict[str, float]]:
+    """Every resource of each alive node (what a group could hold were nothing else running)."""
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
+
+
 def worker_cpus(requested: int, workers: int, gpu: bool, nodes: list[tuple[float, float]]) -> int:
     """CPUs each of `workers` Train workers (or scoring actors) reserves, and the threads it runs.
 

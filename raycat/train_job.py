@@ -3,6 +3,7 @@ workers, run the recipe there, then write the contract's outputs from the final 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ class FitResult:
     notes: list[str]  # what the driver decided (the head --weights gave), for metrics.json
     started_at: float  # when the command started (time.time())
     ray_up_at: float  # when Ray was up (joined or started)
+    groups: list[dict]  # the worker groups this command ran (console.Relay.groups)
 
 
 def cache_fits(mode: str, n_images: int, size: int, workers: int, memory_per_worker: float) -> bool:
@@ -48,6 +50,12 @@ def cache_fits(mode: str, n_images: int, size: int, workers: int, memory_per_wor
 
 def cache_bytes(n_images: int, size: int, workers: int) -> int:
     return -(-n_images // workers) * 3 * size * size
+
+
+def resize_interval_s() -> float:
+    """How often Ray Train looks for room to grow an elastic group (a grow restarts the group from
+    the latest checkpoint, so not too often); $RAYCAT_RESIZE_INTERVAL_S overrides."""
+    return float(os.environ.get("RAYCAT_RESIZE_INTERVAL_S", "60"))
 
 
 def run_config(out: str, name: str, callbacks=None):
@@ -85,7 +93,8 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
     # weights), the plots and tables.
     outputs.check_space(cfg.out, 4 * outputs.model_bytes(model.state_dict()) + 16 * outputs.MB,
                         "the model, its checkpoints and the plots")
-    if len(layout.train) < res.workers:
+    lo, hi = res.min_workers, res.max_workers
+    if len(layout.train) < hi:
         raise InputError(f"--workers {res.workers}: more workers than training images ({len(layout.train)})")
     name = "lr_find" if only_lr_find else "train"
     split = resume.split_digest(layout)
@@ -102,34 +111,52 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raycat import console, pipeline, ray_session
+    from raycat import console, group_watch, pipeline, ray_session
     from raycat.train_worker import WorkerPlan, load_result, steps_per_epoch, train_loop
 
     ray_session.connect(res.address, res.verbose)
     ray_up_at = time.time()
-    cpus = ray_session.worker_cpus(res.cpus_per_worker, res.workers, res.gpu, ray_session.node_cpus())
-    memory = ray.available_resources().get("memory", 0.0) / res.workers
-    cache = cache_fits(res.cache, len(layout.train) + len(layout.valid), recipe.size, res.workers, memory)
+    cpus = ray_session.worker_cpus(res.cpus_per_worker, hi, res.gpu, ray_session.node_cpus())
+    memory = ray.available_resources().get("memory", 0.0) / hi
+    # The cache is sized for the smallest group: its workers hold the largest shards.
+    cache = cache_fits(res.cache, len(layout.train) + len(layout.valid), recipe.size, lo, memory)
     per_worker = {"CPU": cpus, **({"GPU": 1} if res.gpu else {})}
     if cache:  # the decoded shard lives in the worker's heap: reserve it
-        per_worker["memory"] = cache_bytes(len(layout.train) + len(layout.valid), recipe.size, res.workers)
-    print(f"raycat {name}: {len(layout.train)} train and {len(layout.valid)} valid files; {res.workers} worker(s) "
+        per_worker["memory"] = cache_bytes(len(layout.train) + len(layout.valid), recipe.size, lo)
+    if res.address is None and not os.environ.get("RAY_ADDRESS"):
+        # Nothing joins a local instance: a group it can never hold would wait for ever.
+        room = group_watch.workers_that_fit(ray_session.node_totals(), per_worker)
+        if room < lo:
+            raise InputError(f"--workers {res.workers}: this machine's Ray instance holds {room} worker(s) of "
+                             f"{per_worker.get('CPU')} CPU{' + 1 GPU' if res.gpu else ''}"
+                             f"{' + the cache' if cache else ''}; lower --workers or --cpus-per-worker")
+    print(f"raycat {name}: {len(layout.train)} train and {len(layout.valid)} valid files; "
+          f"{f'{lo} to {hi} workers (elastic)' if res.elastic else f'{hi} worker(s)'} "
           f"x {cpus} CPU{' + 1 GPU' if res.gpu else ''}; decoded images "
           f"{'kept in memory after the first pass' if cache else 'streamed every epoch'}")
-    valid = [pipeline.files_dataset(layout.valid.paths[r::res.workers], layout.valid.labels[r::res.workers])
-             for r in range(res.workers)]
+    # Each group size cuts the valid set its own way; a resized group picks its cut.
+    valid = {w: [pipeline.files_dataset(layout.valid.paths[r::w], layout.valid.labels[r::w]) for r in range(w)]
+             for w in range(lo, hi + 1)}
     plan = WorkerPlan(recipe=recipe, classes=layout.classes, initial_state=ray.put(model.state_dict()),
-                      steps_per_epoch=steps_per_epoch(len(layout.train), res.workers, recipe.batch_size),
+                      steps_per_epoch=steps_per_epoch(len(layout.train), hi, recipe.batch_size),
+                      global_batch=recipe.batch_size * hi,
                       gpu=res.gpu, cache=cache, cpus=cpus, precision=recipe.precision, valid=valid,
                       only_lr_find=only_lr_find, top=cfg.top)
     relay = console.Relay(on_epoch=on_epoch)
     plan.console = relay.queue
+    watch = group_watch.GroupWatch(relay.queue, per_worker, lo, hi, name)
+    elastic = {"elastic_resize_monitor_interval_s": resize_interval_s()} if res.elastic else {}
+    if res.elastic:
+        # Just after a node is lost, Ray Train may still count it and try to start the old size;
+        # that attempt waits this long before it counts again (Ray's default, 60 s, is a minute
+        # lost on every node loss). A retry costs nothing: start-up timeouts are not failures.
+        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "30")
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=plan,
-        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpu, resources_per_worker=per_worker,
-                                     placement_strategy=res.placement),
-        run_config=run_config(cfg.out, name, callbacks),
+        scaling_config=ScalingConfig(num_workers=(lo, hi) if res.elastic else hi, use_gpu=res.gpu,
+                                     resources_per_worker=per_worker, placement_strategy=res.placement, **elastic),
+        run_config=run_config(cfg.out, name, [*(callbacks or []), watch]),
         datasets={"train": pipeline.files_dataset(layout.train.paths, layout.train.labels, shuffle_seed=recipe.seed)},
         # In order: with --seed the rows arrive in the seeded order, so a run is reproducible (and
         # two trials with the same settings tie, as ASHA expects).
@@ -144,7 +171,8 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
         raise RuntimeError("training ended without a checkpoint")
     result.skipped = sorted(set(result.skipped) | set(layout.bad))  # rows the labels file could not use
     return FitResult(result=result, classes=layout.classes, cache=cache, cpus_per_worker=cpus, split=split,
-                     notes=[weights_note] if weights_note else [], started_at=started_at, ray_up_at=ray_up_at)
+                     notes=[weights_note] if weights_note else [], started_at=started_at, ray_up_at=ray_up_at,
+                     groups=relay.groups)
 
 
 def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dict:
@@ -199,7 +227,10 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
         "unfrozen_lr": state.unfrozen_lr,
         "stopped_early": state.stopped_early,
         "notes": notes,
-        "workers": cfg.resources.workers,
+        "workers": cfg.resources.max_workers,
+        # each Train worker group this command ran: its size, why it started, from which epoch
+        "worker_groups": [{"workers": g["workers"], "reason": g["reason"], "from_epoch": g["from_epoch"],
+                           "at_seconds": round(g["at"] - fitted.started_at, 1)} for g in fitted.groups],
         "cpus_per_worker": fitted.cpus_per_worker,
         "cache": "memory" if fitted.cache else "stream",
         "worker_nodes": fitted.result.worker_nodes,

@@ -9,6 +9,7 @@ and decodes again, for train sets larger than the workers' memory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from raycat.config import Recipe
-from raycat.core.data import Batch, index_batches
+from raycat.core.data import Batch, batch_share, index_batches, loss_weight
 from raycat.core.decode import decode_batch
 from raycat.core.device import to_device
 from raycat.core.recipe import RecipeState
@@ -39,12 +40,13 @@ class WorkerPlan:
     recipe: Recipe  # resolved
     classes: list[str]
     initial_state: object  # ObjectRef of the starting weights (a state dict)
-    steps_per_epoch: int
+    steps_per_epoch: int  # the same whatever the group's size (core.data.batch_share)
+    global_batch: int  # images a step, all workers together
     gpu: bool  # the worker's GPU decodes, trains and scores
     cache: bool  # keep decoded pixels after the first pass
     cpus: int  # CPUs this worker reserved: its torch and decode threads
     precision: str  # auto | fp32 | bf16
-    valid: list = field(default_factory=list)  # one Ray dataset of valid files per rank
+    valid: dict = field(default_factory=dict)  # group size -> one Ray dataset of valid files per rank
     only_lr_find: bool = False
     top: int = 16  # images in each grid of the valid images worth a look
     console: object = None  # the driver's console queue (console.Relay): where rank 0's lines go
@@ -205,11 +207,14 @@ def train_loop(plan: WorkerPlan) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if plan.gpu else torch.device("cpu")
     use_cpu_threads(plan.cpus)
+    # The global batch is the recipe's whatever the group's size: this worker's share of it.
+    share = batch_share(plan.global_batch, world, rank)
+    r = dataclasses.replace(r, batch_size=share)
     torch.manual_seed(r.seed + rank)
     model = create_model(r.arch, len(plan.classes), stem=r.stem)
     model.load_state_dict(ray.get(plan.initial_state))
     comm = TorchComm() if world > 1 else LocalComm()
-    data = ShardData(ray.train.get_dataset_shard("train"), plan.valid[rank], r.size, r.batch_size,
+    data = ShardData(ray.train.get_dataset_shard("train"), plan.valid[world][rank], r.size, r.batch_size,
                      plan.steps_per_epoch, device, plan.cache, plan.cpus)
     node = ray.get_runtime_context().get_node_id()
     nodes = comm.gather_objects(node)
@@ -258,7 +263,8 @@ def train_loop(plan: WorkerPlan) -> None:
         checkpoint(s)
 
     core_recipe.run(r, model, data, comm, device, state, checkpoint_and_tell, log, plan.only_lr_find,
-                    resolve_precision(r.precision, device), console.throttled(progress), plan.top)
+                    resolve_precision(r.precision, device), console.throttled(progress), plan.top,
+                    loss_weight(plan.global_batch, world, rank))
 
 
 def _named_grids(final: dict, paths_by_rank: list[list[str]], classes: list[str]) -> dict[str, list] | None:

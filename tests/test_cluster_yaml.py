@@ -139,10 +139,28 @@ def test_the_rayjob_s_gpu_workers_autoscale_as_cluster_yaml_s_do():
     c, spec = load(), rayjob()["spec"]["rayClusterSpec"]
     assert spec["enableInTreeAutoscaling"] is True
     assert spec["autoscalerOptions"]["idleTimeoutSeconds"] == 60 * c["idle_timeout_minutes"]
-    g6 = c["available_node_types"]["gpu_g6"]
+    node_type = {"gpu": "gpu_g6", "gpu-spot": "gpu_g6_spot"}
+    assert sorted(g["groupName"] for g in spec["workerGroupSpecs"]) == sorted(node_type)
     for group in spec["workerGroupSpecs"]:
-        assert group["replicas"] == group["minReplicas"] == g6["min_workers"]
-        assert group["maxReplicas"] == g6["max_workers"]
+        t = c["available_node_types"][node_type[group["groupName"]]]
+        assert group["replicas"] == group["minReplicas"] == t["min_workers"]
+        assert group["maxReplicas"] == t["max_workers"]
+
+
+def test_a_preemptible_group_beside_the_on_demand_one_and_an_elastic_example():
+    c, job = load(), rayjob()
+    types = c["available_node_types"]
+    assert "InstanceMarketOptions" not in types["gpu_g6"]["node_config"]
+    assert types["gpu_g6_spot"]["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+    assert types["gpu_g6_spot"]["resources"] == types["gpu_g6"]["resources"]
+    spot = next(g for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu-spot")
+    assert spot["template"]["spec"]["nodeSelector"] == {"eks.amazonaws.com/capacityType": "SPOT"}
+    from raycat.cli import parse_config
+
+    args = job["spec"]["entrypoint"].split()[2:]
+    _, cfg = parse_config(["train", *args])
+    assert cfg.resources.elastic and cfg.resources.max_workers <= sum(
+        t["max_workers"] for n, t in types.items() if t["resources"].get("GPU"))
 
 
 def test_the_rayjob_turns_token_auth_on():

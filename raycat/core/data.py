@@ -33,6 +33,20 @@ class RecipeData(Protocol):
         """This worker's part of the valid set, in a fixed order."""
 
 
+def batch_share(global_batch: int, world: int, rank: int) -> int:
+    """Images `rank` of `world` workers takes each step. The global batch is the recipe's and
+    stays the same whatever the group's size (an elastic group that shrinks or grows), so the
+    steps per epoch and the rate at each step do too; the workers' shares add up to it."""
+    base, extra = divmod(global_batch, world)
+    return base + (1 if rank < extra else 0)
+
+
+def loss_weight(global_batch: int, world: int, rank: int) -> float:
+    """The factor on a worker's mean loss that makes DDP's average of the workers' gradients the
+    gradient of the mean over the whole global batch, when the shares are not all equal."""
+    return batch_share(global_batch, world, rank) * world / global_batch
+
+
 def index_batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
     """`steps` batches of indices into n items, in a fresh random order.
 

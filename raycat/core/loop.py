@@ -83,8 +83,9 @@ class Loop:
 
     def __init__(self, model: Classifier, data: RecipeData, comm, device: torch.device, precision: str,
                  spec: AugmentSpec, optim: Optim, batch_size: int, log: Callable[[str], None] = print,
-                 on_step: Callable[[str, int, int], None] | None = None):
+                 on_step: Callable[[str, int, int], None] | None = None, loss_weight: float = 1.0):
         self.model, self.data, self.comm, self.device = model, data, comm, device
+        self.loss_weight = loss_weight  # core.data.loss_weight: this worker's share of the global batch
         self.precision, self.spec, self.optim, self.bs, self.log = precision, spec, optim, batch_size, log
         self.on_step = on_step  # (what, step, steps): progress within an epoch, for whoever shows it
         self.gen = torch.Generator()
@@ -125,7 +126,7 @@ class Loop:
     def _step(self, net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
         loss = F.cross_entropy(self._forward(net, x), y.long(), label_smoothing=self.optim.label_smoothing)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * self.loss_weight if self.loss_weight != 1.0 else loss).backward()
         opt.step()
         if self.first_step_at is None:
             self.first_step_at = time.time()

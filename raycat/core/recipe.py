@@ -99,7 +99,8 @@ def table_row(row: dict) -> str:
 def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch.device,
         state: RecipeState | None = None, checkpoint: Callable[[RecipeState], None] = lambda s: None,
         log: Callable[[str], None] = print, only_lr_find: bool = False, precision: str = "fp32",
-        on_step: Callable[[str, int, int], None] | None = None, top: int = 16) -> RecipeState:
+        on_step: Callable[[str, int, int], None] | None = None, top: int = 16,
+        loss_weight: float = 1.0) -> RecipeState:
     """Run the recipe's units not yet in `state` on this worker, checkpointing after each. The
     final state names the `top` valid images worth a look (by index in the gathered valid set)."""
     r = recipe.resolved()
@@ -109,7 +110,7 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
         model.load_state_dict(state.model_state)
     optim = Optim(r.momentum, r.weight_decay, r.nesterov, r.label_smoothing)
     loop = Loop(model, data, comm, device, precision, AugmentSpec(r.aug, r.max_zoom), optim, r.batch_size, log,
-                on_step if comm.rank == 0 else None)
+                on_step if comm.rank == 0 else None, loss_weight)
     units = plan(r, only_lr_find)
     if state.units_done >= len(units):
         checkpoint(state)  # nothing left to run: report the final state again for whoever listens

@@ -1,0 +1,174 @@
+"""Elastic worker groups (`--workers MIN-MAX`): the flag, the recipe's invariants when the group
+resizes, and what the console says about the group. The runs that lose and regain a node are in
+test_cluster.py (a real two-node cluster)."""
+
+import queue
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ray.train.v2._internal.execution.controller.state import (
+    InitializingState,
+    ReschedulingState,
+    RestartingState,
+    RunningState,
+    SchedulingState,
+)
+from ray.train.v2._internal.execution.scaling_policy import ResizeDecision
+
+from raycat import group_watch
+from raycat.cli import main
+from raycat.core.data import batch_share, loss_weight
+
+
+@pytest.mark.parametrize("value", ["3-2", "0-2", "0", "2-x", "1-2-3", "-2"])
+def test_a_bad_worker_range_exits_2_naming_the_flag_before_any_cluster_time(value, tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), f"--workers={value}"]) == 2
+    assert "--workers" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_range_is_for_train_and_tune_only(tmp_path, capsys):
+    from raycat.cli import parse_config
+
+    _, cfg = parse_config(["tune", "d", "--out", "o", "--workers", "2-4"])
+    assert (cfg.resources.min_workers, cfg.resources.max_workers, cfg.resources.elastic) == (2, 4, True)
+    _, cfg = parse_config(["train", "d", "--out", "o", "--workers", "3"])
+    assert (cfg.resources.workers, cfg.resources.elastic) == (3, False)
+    with pytest.raises(SystemExit):
+        parse_config(["predict", "m", "i", "--out", "o", "--workers", "1-2"])
+
+
+def test_a_config_file_may_give_the_range_or_a_number(tmp_path):
+    from raycat.cli import parse_config
+
+    for value, expected in (('"1-3"', (1, 3)), ("2", (2, 2))):
+        path = tmp_path / "c.json"
+        path.write_text('{"workers": %s}' % value)
+        _, cfg = parse_config(["train", "d", "--out", "o", "--config", str(path)])
+        assert (cfg.resources.min_workers, cfg.resources.max_workers) == expected
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5, 8])
+def test_the_shares_add_up_to_the_global_batch_whatever_the_group(world):
+    shares = [batch_share(64, world, r) for r in range(world)]
+    assert sum(shares) == 64 and max(shares) - min(shares) <= 1
+
+
+def test_weighted_shares_give_the_gradient_of_the_whole_global_batch():
+    # DDP averages the workers' gradients; with unequal shares each worker's mean loss is weighted
+    # so that the average is the full batch's gradient (what one worker with all 10 images gets).
+    torch.manual_seed(0)
+    net = torch.nn.Linear(5, 3)
+    x, y = torch.randn(10, 5), torch.randint(0, 3, (10,))
+    full = torch.autograd.grad(F.cross_entropy(net(x), y), net.weight)[0]
+    world, grads, start = 3, [], 0
+    for r in range(world):
+        n = batch_share(10, world, r)
+        loss = F.cross_entropy(net(x[start:start + n]), y[start:start + n]) * loss_weight(10, world, r)
+        grads.append(torch.autograd.grad(loss, net.weight)[0])
+        start += n
+    assert torch.allclose(torch.stack(grads).mean(0), full, atol=1e-6)
+    # Unweighted, the 4-image share would count for less per image than the 3-image ones.
+    assert [batch_share(10, 3, r) for r in range(3)] == [4, 3, 3]
+
+
+def test_failure_reasons_read_from_ray_train_errors():
+    assert group_watch.failure_reason(RuntimeError(
+        "The actor died because its node has died. Node Id: abc")) == "node lost"
+    assert group_watch.failure_reason(RuntimeError(
+        "WorkerGroupStartupTimeoutError: timed out waiting for 2 workers")) == "waiting for resources"
+    assert group_watch.failure_reason(ValueError("CUDA out of memory\nmore")).startswith("worker failed: CUDA")
+    # A killed node's worker fails its health check before the cluster marks the node dead.
+    health = RuntimeError("A worker health check failed.\n  metadata=ActorMetadata(node_id='ab12cd34ef56ab12cd34',")
+    assert group_watch.failure_reason(health, {"ab12cd34ef56ab12cd34"}) == "node lost"
+    assert group_watch.failure_reason(health, set()).startswith("worker failed: A worker health check")
+
+
+def test_the_waiting_line_says_what_the_group_needs_and_what_is_free():
+    line = group_watch.waiting_line(31, 2, {"CPU": 3.0}, [{"CPU": 2.0, "memory": 2**31}, {"CPU": 1.0}])
+    assert "needs 2 worker(s) x 3 CPU" in line and "2 node(s) alive" in line and "room for 0" in line
+    assert group_watch.workers_that_fit([{"CPU": 4.0}, {"CPU": 3.0, "GPU": 1.0}], {"CPU": 2.0}) == 3
+    assert group_watch.workers_that_fit([{"CPU": 4.0}, {"CPU": 3.0, "GPU": 1.0}], {"CPU": 2.0, "GPU": 1}) == 1
+
+
+class Queue:
+    def __init__(self):
+        self.q = queue.Queue()
+
+    def put_nowait(self, item):
+        self.q.put(item)
+
+    def items(self):
+        out = []
+        while not self.q.empty():
+            out.append(self.q.get())
+        return out
+
+
+def _start(watch, n):
+    decision = ResizeDecision(num_workers=n, resources_per_worker={"CPU": 2.0})
+    watch.before_controller_execute_resize_decision(decision)
+    watch.after_controller_state_update(SchedulingState(decision), RunningState())
+
+
+def test_the_watch_reports_each_group_with_why_it_started(monkeypatch):
+    monkeypatch.setattr(group_watch, "dead_nodes", lambda: set())
+    q = Queue()
+    watch = group_watch.GroupWatch(q, {"CPU": 2.0}, 1, 2, "train")
+    watch.after_controller_state_update(InitializingState(), InitializingState())
+    _start(watch, 2)
+    watch.after_controller_state_update(RunningState(), RestartingState(RuntimeError("node has died")))
+    # A start that times out while the node is gone keeps the cause before it.
+    watch.after_controller_state_update(RestartingState(RuntimeError("x")), ReschedulingState(
+        RuntimeError("WorkerGroupStartupTimeoutError")))
+    _start(watch, 1)
+    watch.before_controller_execute_resize_decision(ResizeDecision(num_workers=2, resources_per_worker={}))
+    _start(watch, 2)
+    items = q.items()
+    groups = [i[1] for i in items if i[0] == "group"]
+    assert [(g["workers"], g["reason"]) for g in groups] == [(2, "start"), (1, "node lost"),
+                                                              (2, "room for more workers")]
+    lines = [i[1] for i in items if i[0] == "line"]
+    assert lines == ["raycat train: worker group: 2 worker(s)",
+                     "raycat train: resized: 2 -> 1 workers, node lost; from the latest checkpoint",
+                     "raycat train: resized: 1 -> 2 workers, room for more workers; from the latest checkpoint"]
+
+
+def test_the_watch_says_it_waits_and_says_it_again_while_it_waits(monkeypatch):
+    monkeypatch.setattr(group_watch, "dead_nodes", lambda: set())
+    monkeypatch.setattr(group_watch, "WAIT_FIRST_S", 0.5)
+    monkeypatch.setattr(group_watch, "WAIT_EVERY_S", 1.0)
+    monkeypatch.setattr(group_watch, "POLL_S", 0.1)
+    monkeypatch.setattr(group_watch, "free_by_node", lambda: [{"CPU": 1.0}])
+    q = Queue()
+    watch = group_watch.GroupWatch(q, {"CPU": 2.0}, 2, 2, "train")
+    watch.after_controller_start(None)
+    try:
+        _start(watch, 2)
+        time.sleep(0.8)
+        assert not [i for i in q.items() if "waiting" in str(i[1])]  # running: nothing to say
+        watch.after_controller_state_update(RunningState(), RestartingState(RuntimeError("node has died")))
+        time.sleep(3.0)
+        waits = [i[1] for i in q.items() if "waiting" in str(i[1])]
+        assert len(waits) >= 2, waits
+        assert "needs 2 worker(s) x 2 CPU" in waits[0] and "free: 1 CPU" in waits[0]
+        _start(watch, 2)
+        q.items()
+        time.sleep(1.5)
+        assert not [i for i in q.items() if "waiting" in str(i[1])]
+    finally:
+        watch.before_controller_abort()
+
+
+@pytest.mark.integration
+def test_a_min_this_machine_can_never_hold_exits_2_before_training(ray_local, tmp_path, capsys):
+    from raycat.datasets import make_shapes_dataset
+
+    data = make_shapes_dataset(str(tmp_path / "data"), classes=("circle", "square"), n_train=4, n_valid=2,
+                               seed=0)
+    rc = main(["train", data, "--out", str(tmp_path / "o"), "--workers", "3-4", "--cpus-per-worker", "1",
+               "--weights", "none", "--size", "32"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--workers 3-4" in err and "holds 2 worker(s)" in err, err
