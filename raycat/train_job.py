@@ -112,7 +112,7 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
     from ray.train.torch import TorchTrainer
 
     from raycat import console, group_watch, pipeline, ray_session
-    from raycat.train_worker import WorkerPlan, load_result, steps_per_epoch, train_loop
+    from raycat.train_worker import WorkerPlan, keep_dir_for, load_result, steps_per_epoch, train_loop
 
     ray_session.connect(res.address, res.verbose)
     ray_up_at = time.time()
@@ -141,7 +141,8 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
                       steps_per_epoch=steps_per_epoch(len(layout.train), hi, recipe.batch_size),
                       global_batch=recipe.batch_size * hi,
                       gpu=res.gpu, cache=cache, cpus=cpus, precision=recipe.precision, valid=valid,
-                      only_lr_find=only_lr_find, top=cfg.top)
+                      only_lr_find=only_lr_find, top=cfg.top,
+                      keep_dir=keep_dir_for(cfg.out, split, recipe.size) if res.elastic and cache else None)
     relay = console.Relay(on_epoch=on_epoch)
     plan.console = relay.queue
     watch = group_watch.GroupWatch(relay.queue, per_worker, lo, hi, name)

@@ -3,6 +3,7 @@
 through the Jobs API with `raycat submit`, storage on the S3 server."""
 
 import csv
+import io
 import json
 import os
 import re
@@ -13,7 +14,6 @@ import tempfile
 import threading
 import time
 
-import boto3
 import pytest
 
 from raycat import storage
@@ -43,7 +43,9 @@ def kill_cluster(temp_dir):
 
 def start_cluster(temp_dir):
     p = free_ports(12)
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # Ray Train looks for room to grow an elastic group 15 s after the group starts (the nodes'
+    # env reaches the jobs' drivers): time for the smaller group to train a few units first.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAYCAT_RESIZE_INTERVAL_S": "15"}
     env.pop("RAY_ADDRESS", None)
     common = ["--temp-dir", temp_dir, "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--num-cpus=3"]
     head = [RAY, "start", "--head", f"--port={p[0]}", f"--dashboard-port={p[1]}", "--include-dashboard=true",
@@ -95,30 +97,6 @@ def submit(cluster, monkeypatch, job, *args):
             time.sleep(3)
 
 
-def test_train_then_predict_jobs_on_two_nodes_with_s3(cluster, bucket, tmp_path, monkeypatch, capsys):
-    local = make_shapes_dataset(str(tmp_path / "data"), classes=("circle", "square", "triangle"), n_train=20,
-                                n_valid=6, seed=0, easy=True, clutter=False)
-    data = f"s3://{bucket}/cluster/data"
-    storage.upload_tree(local, data)
-    out = f"s3://{bucket}/cluster/train"
-    rc = submit(cluster, monkeypatch, "train", data, "--out", out, "--workers", "2", "--placement", "SPREAD",
-                "--arch", "resnet18", "--weights", "none", "--size", "32", "--batch-size", "8",
-                "--precompute-epochs", "0", "--head-cycles", "1", "--unfrozen-cycles", "1", "--tta", "0")
-    logs = capsys.readouterr().out
-    assert rc == 0, logs[-3000:]
-    s3 = boto3.client("s3")
-    metrics = json.loads(s3.get_object(Bucket=bucket, Key="cluster/train/metrics.json")["Body"].read())
-    assert metrics["workers"] == 2 and len(set(metrics["worker_nodes"])) == 2  # Train workers on both nodes
-    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="cluster/train/")["Contents"]}
-    assert {"cluster/train/model/weights.pt", "cluster/train/history.csv"} <= keys
-
-    pred = f"s3://{bucket}/cluster/pred"
-    rc = submit(cluster, monkeypatch, "predict", out, f"{data}/valid", "--out", pred, "--tta", "1", "--workers", "2")
-    assert rc == 0, capsys.readouterr().out[-3000:]
-    m = json.loads(s3.get_object(Bucket=bucket, Key="cluster/pred/metrics.json")["Body"].read())
-    assert m["n_images"] == 18 and m["n_skipped"] == 0
-
-
 def test_a_failing_job_returns_its_exit_status(cluster, monkeypatch, tmp_path):
     assert submit(cluster, monkeypatch, "train", str(tmp_path / "missing"), "--out", str(tmp_path / "o")) == 2
 
@@ -126,14 +104,13 @@ def test_a_failing_job_returns_its_exit_status(cluster, monkeypatch, tmp_path):
 # ---- elastic training: a node lost and found during a run ------------------------------------------
 
 class Driver:
-    """`raycat train` joining the cluster in its own process; its console read line by line."""
+    """A `raycat` command in its own process (`train --address` joining the cluster, or `submit`
+    following a job's logs); its console read line by line as it comes."""
 
     def __init__(self, cluster, *args):
-        # Ray Train looks for room to grow 15 s after a group starts: time for the smaller group
-        # to train a few units first.
-        env = {**cluster["env"], "PYTHONUNBUFFERED": "1", "RAYCAT_RESIZE_INTERVAL_S": "15"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "raycat", "train", *args, "--address", cluster["gcs"]],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        env = {**cluster["env"], "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "raycat", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env)
         self.lines: list[tuple[float, str]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -188,10 +165,16 @@ RUN = ["--cpus-per-worker", "2", "--arch", "resnet18", "--weights", "none", "--s
 ELASTIC_CYCLES, EPOCHS = 4, 15  # 1 + 2 + 4 + 8 epochs
 
 
-def test_an_elastic_run_shrinks_when_a_node_is_lost_and_grows_back(cluster, elastic_data, tmp_path):
-    out = str(tmp_path / "out")
-    run = Driver(cluster, elastic_data, "--out", out, "--workers", "1-2", "--unfrozen-cycles", str(ELASTIC_CYCLES),
-                 *RUN)
+def test_an_elastic_train_job_on_s3_rides_out_a_lost_node_and_its_model_scores_as_a_predict_job(
+        cluster, elastic_data, bucket):
+    """`jobs/train.py --workers 1-2` submitted through the Jobs API, DATA and OUT on the S3 server,
+    its two workers on the two nodes; the second node is killed mid-stage, started again; then
+    `jobs/predict.py` scores the valid set with the model the run wrote."""
+    data, out = f"s3://{bucket}/cluster/data", f"s3://{bucket}/cluster/train"
+    storage.upload_tree(elastic_data, data)
+    run = Driver(cluster, "submit", "--address", cluster["dashboard"], "--working-dir", ROOT, "--python",
+                 sys.executable, "train", data, "--out", out, "--workers", "1-2", "--placement", "SPREAD",
+                 "--unfrozen-cycles", str(ELASTIC_CYCLES), *RUN)
     try:
         run.wait_for(r"^unfrozen\s+1\s", 240)
         lose_second_node(cluster)
@@ -205,23 +188,25 @@ def test_an_elastic_run_shrinks_when_a_node_is_lost_and_grows_back(cluster, elas
         run.finish(1) if run.proc.poll() is None else None
         second_node_back(cluster)
     assert rc == 0, run.text()[-3000:]
+    read = lambda name: storage.read_bytes(f"{out}/{name}").decode()  # noqa: E731
+    # The new groups took the pixels the groups before decoded on their node (memory cache mode).
+    assert re.search(r"reused \d+ decoded train images", run.text()), run.text()[-3000:]
     # Went on with the one worker that fits, without waiting for the node: epochs ended between.
     assert [w for w, line in run.lines if shrunk < w < grown and re.match(r"^unfrozen\s+\d", line)], run.text()
-    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    metrics = json.loads(read("metrics.json"))
+    assert metrics["workers"] == 2 and len(set(metrics["worker_nodes"])) == 2  # the last group: both nodes
     groups = metrics["worker_groups"]
     assert [g["workers"] for g in groups] == [2, 1, 2], groups
     assert groups[1]["reason"] == "node lost" and groups[2]["reason"] == "room for more workers"
     assert 0 < groups[1]["from_epoch"] < groups[2]["from_epoch"] < EPOCHS, groups
-    with open(os.path.join(out, "history.csv")) as f:
-        history = list(csv.DictReader(f))
+    history = list(csv.DictReader(io.StringIO(read("history.csv"))))
     assert [int(r["epoch"]) for r in history] == list(range(1, EPOCHS + 1))  # each epoch once, none skipped
     # The recipe did not notice: the global batch, the steps per epoch and the rate at every step
     # are those of a run that never resized (the schedule of an unresized 2-worker run).
     from raycat.core.schedules import sgdr_lr
     from raycat.train_worker import steps_per_epoch
 
-    with open(os.path.join(out, "steps.csv")) as f:
-        steps = list(csv.DictReader(f))
+    steps = list(csv.DictReader(io.StringIO(read("steps.csv"))))
     per_epoch = steps_per_epoch(metrics["n_train"], 2, 8)
     assert [int(r["step"]) for r in steps] == list(range(EPOCHS * per_epoch))
     expected = [sgdr_lr(0.02, i, per_epoch, 1, 2) for i in range(EPOCHS * per_epoch)]
@@ -231,11 +216,19 @@ def test_an_elastic_run_shrinks_when_a_node_is_lost_and_grows_back(cluster, elas
     # miss is 0.04.
     assert metrics["valid_accuracy"] >= 0.9, metrics
 
+    pred = f"s3://{bucket}/cluster/pred"
+    scoring = Driver(cluster, "submit", "--address", cluster["dashboard"], "--working-dir", ROOT, "--python",
+                     sys.executable, "predict", out, f"{data}/valid", "--out", pred, "--tta", "1", "--workers", "2")
+    assert scoring.finish(300) == 0, scoring.text()[-3000:]
+    m = json.loads(storage.read_bytes(f"{pred}/metrics.json"))
+    assert m["n_images"] == 24 and m["n_skipped"] == 0
+
 
 def test_a_fixed_group_that_loses_a_node_says_it_waits_and_goes_on_when_it_is_back(cluster, elastic_data,
                                                                                     tmp_path):
     out = str(tmp_path / "out")
-    run = Driver(cluster, elastic_data, "--out", out, "--workers", "2", "--unfrozen-cycles", "2", *RUN)
+    run = Driver(cluster, "train", elastic_data, "--out", out, "--workers", "2", "--unfrozen-cycles", "2", *RUN,
+                 "--address", cluster["gcs"])
     try:
         run.wait_for(r"^unfrozen\s+1\s", 240)
         lose_second_node(cluster)

@@ -172,3 +172,76 @@ def test_a_min_this_machine_can_never_hold_exits_2_before_training(ray_local, tm
                "--weights", "none", "--size", "32"])
     err = capsys.readouterr().err
     assert rc == 2 and "--workers 3-4" in err and "holds 2 worker(s)" in err, err
+
+
+class FakeShard:
+    """A worker's split of the train files as Ray Data hands it over: numpy batches of
+    {path, label, data, error} (no Ray: the decoding and keeping are what is tested)."""
+
+    def __init__(self, files):
+        self.files = files
+
+    def iter_batches(self, batch_size, batch_format, prefetch_batches=0):
+        import numpy as np
+
+        for i in range(0, len(self.files), batch_size):
+            part = self.files[i:i + batch_size]
+            yield {"path": np.array([p for p, _ in part]), "label": np.array([0] * len(part)),
+                   "data": np.array([d for _, d in part], dtype=object), "error": np.array([""] * len(part))}
+
+
+def test_a_resized_group_takes_the_pixels_the_group_before_decoded_on_its_node(tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from raycat import train_worker
+    from raycat.core import decode
+
+    files = []
+    for i in range(12):
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), (i * 20, 100, 50)).save(buf, format="PNG")
+        files.append((f"/data/train/a/{i}.png", buf.getvalue()))
+    decoded = []
+    real = decode.decode_batch
+    monkeypatch.setattr(train_worker, "decode_batch",
+                        lambda blobs, *a, **k: (decoded.extend(blobs), real(blobs, *a, **k))[1])
+    keep = str(tmp_path / "kept")
+
+    def one_pass(shard_files, keep_dir):
+        data = train_worker.ShardData(FakeShard(shard_files), None, 16, 4, 2, torch.device("cpu"), cache=True,
+                                      threads=1, keep_dir=keep_dir)
+        list(data.train_pass())
+        return data
+
+    # Two workers of the first group each decode their half once and leave it on the node.
+    firsts = [one_pass(files[r::2], keep) for r in range(2)]
+    assert len(decoded) == 12
+    # The group after (one worker, all 12 files) takes all 12 from there: nothing decoded again,
+    # and the pixels are the ones a fresh decode gives, in its own order.
+    decoded.clear()
+    after = one_pass(files, keep)
+    assert decoded == [] and after.n_reused == 12
+    fresh = one_pass(files, None)
+    assert torch.equal(after.train_cache[0], fresh.train_cache[0])
+    assert torch.equal(firsts[1].train_cache[0], fresh.train_cache[0][1::2])
+    # A file no group decoded here is decoded; the rest are taken.
+    decoded.clear()
+    extra = ("/data/train/a/new.png", files[0][1])
+    later = one_pass([*files[:5], extra], keep)
+    assert len(decoded) == 1 and later.n_reused == 5
+    # Without a keep folder (a fixed group), nothing is left behind.
+    assert sorted(p.name for p in (tmp_path).iterdir()) == ["kept"]
+
+
+def test_a_sweep_s_trials_are_elastic_groups_and_the_sweep_counts_their_max():
+    # Each trial is a `raycat train` (train_job.fit): its range reaches it whole; the sweep plans
+    # its concurrency for the trials at MAX, so trials that grow back still fit.
+    from raycat.config import Recipe, TrainResources, TuneConfig
+    from raycat.tune_job import max_concurrent
+
+    sweep = TuneConfig(data="d", out="o", resources=TrainResources(workers="1-3"))
+    trial = sweep.trial(Recipe(), "o/trials/t0").resources
+    assert (trial.min_workers, trial.max_workers, trial.elastic) == (1, 3, True)
+    assert max_concurrent(sweep, 1, cluster_cpus=6, cluster_gpus=0) == 2
