@@ -80,7 +80,7 @@ class ShardData:
         # resized group is new processes, and its workers on this node take the pixels an earlier
         # group decoded here instead of decoding those files again.
         self.keep_dir = keep_dir if cache else None
-        self.kept = load_kept(self.keep_dir, size) if self.keep_dir else {}
+        self.kept, self.kept_files = load_kept(self.keep_dir, size) if self.keep_dir else ({}, [])
         self.n_reused = 0  # train images this worker took from `kept` rather than decoding
         self.size, self.bs, self.steps_per_epoch, self.device, self.cache = size, batch_size, steps_per_epoch, \
             device, cache
@@ -147,6 +147,15 @@ class ShardData:
             self.kept = {}  # the pixels are in the cache now: let the earlier groups' files go
             if self.keep_dir:
                 keep_shard(self.keep_dir, paths, self.train_cache[0])
+                # The earlier groups' files are covered by this group's (every train file is in some
+                # worker's shard): drop them, or each resize would add a copy. A worker of this group
+                # still reading one keeps its mapping (Linux frees the file when the last one closes).
+                # A file dropped too early only means the next group decodes those images again.
+                for f in self.kept_files:
+                    try:
+                        os.remove(f)
+                    except OSError:
+                        pass
 
     def train_batches(self, gen: torch.Generator) -> Iterator[Batch]:
         if self.train_cache is not None:
@@ -212,22 +221,24 @@ def keep_shard(keep_dir: str, paths: list[str], pixels: torch.Tensor) -> None:
     os.replace(name + ".tmp", name)
 
 
-def load_kept(keep_dir: str, size: int) -> dict[str, torch.Tensor]:
-    """path -> decoded pixels that earlier groups left on this node (memory-mapped: only the
-    pixels used are read)."""
+def load_kept(keep_dir: str, size: int) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(path -> decoded pixels, the files they are in) that earlier groups left on this node
+    (memory-mapped: only the pixels used are read)."""
     kept: dict[str, torch.Tensor] = {}
+    files: list[str] = []
     try:
         names = sorted(f for f in os.listdir(keep_dir) if f.endswith(".pt"))
     except FileNotFoundError:
-        return kept
+        return kept, files
     for f in names:
         try:
             d = torch.load(os.path.join(keep_dir, f), mmap=True, weights_only=True)
         except Exception:  # noqa: BLE001 - a file half gone (another worker cleaning up): decode instead
             continue
+        files.append(os.path.join(keep_dir, f))
         if d["pixels"].shape[1:] == (3, size, size):
             kept.update(zip(d["paths"], d["pixels"], strict=True))
-    return kept
+    return kept, files
 
 
 def steps_per_epoch(n_train: int, workers: int, batch_size: int) -> int:

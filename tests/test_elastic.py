@@ -209,14 +209,20 @@ def test_a_resized_group_takes_the_pixels_the_group_before_decoded_on_its_node(t
                         lambda blobs, *a, **k: (decoded.extend(blobs), real(blobs, *a, **k))[1])
     keep = str(tmp_path / "kept")
 
-    def one_pass(shard_files, keep_dir):
-        data = train_worker.ShardData(FakeShard(shard_files), None, 16, 4, 2, torch.device("cpu"), cache=True,
+    def worker(shard_files, keep_dir):
+        return train_worker.ShardData(FakeShard(shard_files), None, 16, 4, 2, torch.device("cpu"), cache=True,
                                       threads=1, keep_dir=keep_dir)
+
+    def one_pass(shard_files, keep_dir):
+        data = worker(shard_files, keep_dir)
         list(data.train_pass())
         return data
 
-    # Two workers of the first group each decode their half once and leave it on the node.
-    firsts = [one_pass(files[r::2], keep) for r in range(2)]
+    # Two workers of the first group (started together) each decode their half once and leave it
+    # on the node.
+    firsts = [worker(files[r::2], keep) for r in range(2)]
+    for w in firsts:
+        list(w.train_pass())
     assert len(decoded) == 12
     # The group after (one worker, all 12 files) takes all 12 from there: nothing decoded again,
     # and the pixels are the ones a fresh decode gives, in its own order.
@@ -231,6 +237,8 @@ def test_a_resized_group_takes_the_pixels_the_group_before_decoded_on_its_node(t
     extra = ("/data/train/a/new.png", files[0][1])
     later = one_pass([*files[:5], extra], keep)
     assert len(decoded) == 1 and later.n_reused == 5
+    # Each group's files replace the ones it took from: resizes do not pile up copies.
+    assert len(list((tmp_path / "kept").iterdir())) == 1
     # Without a keep folder (a fixed group), nothing is left behind.
     assert sorted(p.name for p in (tmp_path).iterdir()) == ["kept"]
 
