@@ -17,6 +17,7 @@ EXCLUDES = [".venv", ".git", "bench/data", "raycat-demo", "*.egg-info", "__pycac
 # Non-secret settings worth passing on; credentials stay on the nodes (instance roles, their own env),
 # never in a runtime env, which the dashboard shows to anyone who can see the job.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
+CONNECT_WAIT_S = 60.0
 
 
 def entrypoint(cfg: SubmitConfig) -> str:
@@ -32,10 +33,24 @@ def run_submit(cfg: SubmitConfig) -> int:
         raise BadInput(f"--working-dir {cfg.working_dir}: no jobs/{cfg.job}.py in it (run from the repository)")
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(address)
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-    job_id = client.submit_job(entrypoint=entrypoint(cfg),
-                               runtime_env={"working_dir": cfg.working_dir, "excludes": EXCLUDES, "env_vars": env})
+    runtime_env = {"working_dir": cfg.working_dir, "excludes": EXCLUDES, "env_vars": env}
+    # A cluster just started (`ray up`, a new head pod) answers on its dashboard a few seconds
+    # after its head is up: wait for it a while rather than fail at once.
+    deadline, said = time.monotonic() + CONNECT_WAIT_S, False
+    while True:
+        try:
+            client = JobSubmissionClient(address)
+            job_id = client.submit_job(entrypoint=entrypoint(cfg), runtime_env=runtime_env)
+            break
+        except OSError as e:  # no answer, or the dashboard still starting (requests' errors are OSErrors)
+            if time.monotonic() > deadline:
+                raise
+            if not said:
+                print(f"raycat submit: {address} is not answering yet ({type(e).__name__}); trying again for up "
+                      f"to {CONNECT_WAIT_S:.0f} s", flush=True)
+                said = True
+            time.sleep(2)
     print(f"raycat submit: job {job_id} submitted to {address}")
     if not cfg.wait:
         return 0

@@ -117,3 +117,23 @@ def test_predict_takes_files_without_out_and_one_source_with_out():
     assert cfg.images == ["a.jpg", "b.jpg"] and cfg.out == ""
     with pytest.raises(ConfigError, match="one folder, prefix or manifest with --out"):
         PredictConfig(model="m", images=["a", "b"], out="o")
+
+
+def test_submit_waits_a_while_for_a_head_that_is_not_answering_yet(monkeypatch, capsys):
+    # A cluster just brought up answers on its dashboard some seconds after its head: submit says
+    # so and keeps trying for CONNECT_WAIT_S, then fails naming nothing half-done.
+    import socket
+    import time
+
+    from raycat import submit
+
+    monkeypatch.setattr(submit, "CONNECT_WAIT_S", 3.0)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there
+    t0 = time.monotonic()
+    rc = main(["submit", "--address", f"http://127.0.0.1:{port}", "train", "d", "--out", "o"])
+    out = capsys.readouterr()
+    assert rc == 1 and time.monotonic() - t0 >= 3.0
+    assert "is not answering yet" in out.out and "trying again for up to 3 s" in out.out

@@ -253,3 +253,4 @@ def test_a_sweep_s_trials_are_elastic_groups_and_the_sweep_counts_their_max():
     trial = sweep.trial(Recipe(), "o/trials/t0").resources
     assert (trial.min_workers, trial.max_workers, trial.elastic) == (1, 3, True)
     assert max_concurrent(sweep, 1, cluster_cpus=6, cluster_gpus=0) == 2
+
