@@ -17,7 +17,6 @@ import time
 import pytest
 
 from raycat import storage
-from raycat.cli import main
 from raycat.datasets import make_shapes_dataset
 
 pytestmark = pytest.mark.integration
@@ -82,15 +81,12 @@ def cluster(s3_server):
         kill_cluster(temp_dir)
 
 
-def submit(cluster, monkeypatch, job, *args):
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    # (raycat submit itself waits for a head whose Jobs API is not answering yet)
-    return main(["submit", "--address", cluster["dashboard"], "--working-dir", ROOT, "--python", sys.executable,
-                 job, *args])
-
-
-def test_a_failing_job_returns_its_exit_status(cluster, monkeypatch, tmp_path):
-    assert submit(cluster, monkeypatch, "train", str(tmp_path / "missing"), "--out", str(tmp_path / "o")) == 2
+def test_a_failing_job_returns_its_exit_status(cluster, tmp_path):
+    # In its own process, as a user runs it: Ray reads RAY_AUTH_MODE once per process, and this
+    # test process may have touched Ray's auth before (with token auth off).
+    run = Driver(cluster, "submit", "--address", cluster["dashboard"], "--working-dir", ROOT, "--python",
+                 sys.executable, "train", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
+    assert run.finish(180) == 2, run.text()[-3000:]
 
 
 # ---- elastic training: a node lost and found during a run ------------------------------------------
@@ -190,7 +186,9 @@ def test_an_elastic_train_job_on_s3_rides_out_a_lost_node_and_its_model_scores_a
     groups = metrics["worker_groups"]
     assert [g["workers"] for g in groups] == [2, 1, 2], groups
     assert groups[1]["reason"] == "node lost" and groups[2]["reason"] == "room for more workers"
-    assert 0 < groups[1]["from_epoch"] < groups[2]["from_epoch"] < EPOCHS, groups
+    # (equal when the grow came before the small group's checkpoint of its epoch was kept: Ray
+    # Train restarts a group it grows wherever it is, and that unit is redone, once in the history)
+    assert 0 < groups[1]["from_epoch"] <= groups[2]["from_epoch"] < EPOCHS, groups
     history = list(csv.DictReader(io.StringIO(read("history.csv"))))
     assert [int(r["epoch"]) for r in history] == list(range(1, EPOCHS + 1))  # each epoch once, none skipped
     # The recipe did not notice: the global batch, the steps per epoch and the rate at every step
