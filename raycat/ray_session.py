@@ -68,9 +68,7 @@ def connect(address: str | None = None, verbose: bool = False) -> None:
 
 def node_cpus() -> list[tuple[float, float]]:
     """(CPUs, GPUs) of each alive node of the cluster this process is connected to."""
-    import ray
-
-    return [(n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n["Alive"]]
+    return [(r.get("CPU", 0.0), r.get("GPU", 0.0)) for r in node_totals()]
 
 
 def node_totals() -> list[dict[str, float]]:
