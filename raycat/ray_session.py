@@ -34,12 +34,39 @@ def quiet(verbose: bool) -> None:
     warnings.filterwarnings("ignore", module=r"ray\..*")
 
 
-def connect(address: str | None = None, verbose: bool = False) -> None:
+# What a local instance turns off unless asked (--verbose, or RAYCAT_FULL_RAY=1): on one machine
+# nobody reads Ray's metrics or usage report, and no node is drained, so these would only take CPU
+# from the training (bench/ray_overhead.py measures it). Env vars: the raylet, GCS and every worker
+# read them at start.
+LEAN_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",  # the usage report (and its tries to reach the internet)
+    "RAY_enable_metrics_collection": "0",  # every process's metrics, the agent's collection and export
+    "RAY_TRAIN_METRICS_ENABLED": "0",  # Ray Train's gauges for that export
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # an actor polling for node drains every 5 s
+}
+
+
+def lean(verbose: bool, env=os.environ) -> bool:
+    """Whether a local instance starts only what raycat uses."""
+    return not verbose and env.get("RAYCAT_FULL_RAY", "") in ("", "0")
+
+
+def local_settings(verbose: bool, dashboard: bool, env=os.environ) -> tuple[dict[str, str], bool]:
+    """(env vars to set, include_dashboard) for a local instance. The dashboard only when the
+    caller needs its State API (`dashboard`) or Ray's defaults are asked for."""
+    if not lean(verbose, env):
+        return {}, True
+    return {k: v for k, v in LEAN_ENV.items() if k not in env}, dashboard
+
+
+def connect(address: str | None = None, verbose: bool = False, dashboard: bool = False) -> None:
     """Join `address` (or $RAY_ADDRESS) if given, else start a local Ray instance.
 
-    The local instance runs the dashboard: Ray Train's placement-group cleaner asks its State API
-    whether a run's controller is alive, and without it a run that dies (a tune trial ASHA stops)
-    leaves its placement group holding the cores, and the next run waits for them for ever."""
+    A local instance is lean (local_settings): no dashboard, metrics or usage report. `dashboard`
+    keeps the dashboard: Ray Train's placement-group cleaner asks its State API whether a run's
+    controller is alive, and without it a run that dies while the instance lives on (a tune trial
+    ASHA stops) leaves its placement group holding the cores, and the next run waits for them for
+    ever. A `raycat train` or `predict` ends its instance with it, so it needs none."""
     import ray
 
     if ray.is_initialized():
@@ -52,8 +79,10 @@ def connect(address: str | None = None, verbose: bool = False) -> None:
     if address:
         ray.init(address=address, log_to_driver=verbose, logging_level=level)
     else:
-        ray.init(num_cpus=local_cpus(), include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=verbose,
-                 configure_logging=True, logging_level=level)
+        env, include_dashboard = local_settings(verbose, dashboard)
+        os.environ.update(env)
+        ray.init(num_cpus=local_cpus(), include_dashboard=include_dashboard, dashboard_host="127.0.0.1",
+                 log_to_driver=verbose, configure_logging=True, logging_level=level)
     import ray.data
 
     ctx = ray.data.DataContext.get_current()

@@ -93,7 +93,7 @@ def run_tune(cfg: TuneConfig) -> int:
 
     from raycat import ray_session
 
-    ray_session.connect(cfg.resources.address, cfg.resources.verbose)
+    ray_session.connect(cfg.resources.address, cfg.resources.verbose, dashboard=True)
     _keep_credentials_out_of_runtime_envs()
     res = ray.cluster_resources()
     cpus = ray_session.worker_cpus(cfg.resources.cpus_per_worker, cfg.resources.max_workers, cfg.resources.gpu,

@@ -104,12 +104,12 @@ def bucket(s3_server):
 
 @pytest.fixture(scope="session")
 def ray_local(s3_server):
-    """One local Ray instance (more logical CPUs than cores, no dashboard) for the whole session."""
+    """One local Ray instance for the whole session: lean, but with the dashboard tune needs."""
     import ray
 
     from raycat import ray_session
 
-    ray_session.connect(None)
+    ray_session.connect(None, dashboard=True)  # the tune tests share it
     yield ray
     ray.shutdown()
 

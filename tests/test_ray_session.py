@@ -1,0 +1,58 @@
+"""The local Ray instance raycat starts: lean unless asked (ray_session.local_settings)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from raycat import ray_session
+
+
+def test_a_local_instance_is_lean_unless_verbose_or_full_ray_is_asked():
+    env, dashboard = ray_session.local_settings(verbose=False, dashboard=False, env={})
+    assert env == ray_session.LEAN_ENV and dashboard is False
+    assert env["RAY_USAGE_STATS_ENABLED"] == "0" and env["RAY_enable_metrics_collection"] == "0"
+    # tune needs the dashboard's State API; the rest stays lean
+    assert ray_session.local_settings(False, True, env={}) == (ray_session.LEAN_ENV, True)
+    # --verbose or RAYCAT_FULL_RAY=1: Ray's defaults, dashboard and all
+    assert ray_session.local_settings(True, False, env={}) == ({}, True)
+    assert ray_session.local_settings(False, False, env={"RAYCAT_FULL_RAY": "1"}) == ({}, True)
+    # a setting the user made wins
+    env, _ = ray_session.local_settings(False, False, env={"RAY_USAGE_STATS_ENABLED": "1"})
+    assert "RAY_USAGE_STATS_ENABLED" not in env
+
+
+PROBE = """
+import json, os
+from raycat import ray_session
+ray_session.connect(None)
+import ray._private.usage.usage_lib as usage
+mine = {os.getpid()}
+procs = {}
+for d in os.listdir("/proc"):
+    if d.isdigit():
+        try:
+            ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            procs[int(d)] = (ppid, open(f"/proc/{d}/cmdline", "rb").read().replace(b"\\0", b" ").decode())
+        except OSError:
+            pass
+grew = True
+while grew:
+    new = {p for p, (pp, _) in procs.items() if pp in mine} - mine
+    grew, mine = bool(new), mine | new
+print(json.dumps({"usage_stats": usage.usage_stats_enabled(), "cmds": [procs[p][1] for p in mine if p in procs]}))
+"""
+
+
+@pytest.mark.integration
+def test_the_lean_instance_starts_no_dashboard_and_sends_no_usage_report():
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *ray_session.LEAN_ENV)}
+    r = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    cmds = seen["cmds"]
+    assert any("gcs_server" in c for c in cmds) and any("/raylet" in c for c in cmds), cmds  # it did start Ray
+    assert not any("dashboard/dashboard.py" in c for c in cmds), [c for c in cmds if "dashboard" in c]
+    assert seen["usage_stats"] is False
