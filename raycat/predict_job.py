@@ -35,6 +35,7 @@ RUN_DIR = ".raycat-predict"
 RUN_NOTE = "run.json"
 PUBLISHED = "published"  # in the run folder: OUT/predictions/ holds this run's parts, whole
 PROGRESS_EVERY_S = 10.0  # seconds between progress lines when stdout is not a terminal
+SHARD_BLOCK_BYTES = 1024  # under one shard row (its paths): Ray Data makes each row a block of its own
 PER_RUN_FILES = ["confusion_matrix.csv", "confusion_matrix.png", "most_confused.csv", "skipped.csv", *grids.FILES]
 
 
@@ -136,7 +137,14 @@ def run_predict(cfg: PredictConfig) -> int:
     spec = ScoringSpec(model=folder, card=card.to_json(), tta=cfg.tta, tta_beta=cfg.tta_beta,
                        batch_size=cfg.batch_size, gpu=res.gpu, cpus=cpus, run=run, top=cfg.top, done=frozenset(done))
     tasks = max(1, min(len(units), 8))
-    shards = ray.data.from_items(units, override_num_blocks=len(units)).flat_map(
+    listed = ray.data.from_items(units, override_num_blocks=len(units))
+    # One shard a block, so each shard's summary reaches the driver once its actor has scored it.
+    # Ray Data cuts a task's output into blocks of up to target_max_block_size (128 MiB): a listing
+    # unit's shards (a few KB each) would travel as one block, the actor would score them all in
+    # one call, and the first summary would come only after the whole unit (or the whole of a
+    # small folder) was scored. (Datasets derived from `listed` copy its context.)
+    listed.context.target_max_block_size = SHARD_BLOCK_BYTES
+    shards = listed.flat_map(
         listing.list_unit, fn_kwargs={"source": source}, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=tasks))
     scored = shards.map_batches(Scorer, fn_constructor_kwargs={"spec": spec}, batch_size=1,
                                 compute=ray.data.ActorPoolStrategy(size=res.workers), num_cpus=cpus,
