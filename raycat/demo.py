@@ -36,7 +36,7 @@ def demo_train_config(cfg: DemoConfig, data: str, out: str, kind: type = TrainCo
 
 def run_demo(cfg: DemoConfig) -> int:
     from raycat.predict_job import run_predict
-    from raycat.train_job import run_lr_find, run_train
+    from raycat.train_job import lr_find_done, run_lr_find, run_train
 
     t0 = time.time()
     data = os.path.join(cfg.out, "data")
@@ -47,10 +47,13 @@ def run_demo(cfg: DemoConfig) -> int:
     print("\n== raycat check ==")
     run_check(CheckConfig(data=data, size=cfg.size, address=cfg.address, verbose=cfg.verbose))
     print("\n== raycat lr-find ==")
-    run_lr_find(demo_train_config(cfg, data, os.path.join(cfg.out, "lr_find"), LrFindConfig))
+    lr_found: list = []
+    run_lr_find(demo_train_config(cfg, data, os.path.join(cfg.out, "lr_find"), LrFindConfig), keep=lr_found)
     print("\n== raycat train ==")
     train_out = os.path.join(cfg.out, "train")
-    run_train(demo_train_config(cfg, data, train_out))
+    # The same data, seed and settings as the lr-find just run: train's own sweep would be the same
+    # work again, so it starts from that one.
+    run_train(demo_train_config(cfg, data, train_out), start=lr_find_done(lr_found[0], "the lr-find run's sweep"))
     print("\n== raycat predict (valid set, labelled, with TTA) ==")
     predict_out = os.path.join(cfg.out, "predict")
     run_predict(PredictConfig(model=os.path.join(train_out, "model"), images=[os.path.join(data, "valid")],

@@ -76,11 +76,12 @@ def run_config(out: str, name: str, callbacks=None):
 
 
 def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable: bool = True,
-        on_epoch=None, on_ready=None) -> FitResult:
+        on_epoch=None, on_ready=None, start=None) -> FitResult:
     """Everything up to the final checkpoint. Inputs, OUT and --weights are checked before any
     cluster time is spent. `resumable=False` (tune's trials) leaves resuming to Tune. `on_epoch(row,
     i)` sees each epoch's row as it ends, `i` its index in the run's history (a tracker);
-    `on_ready()` is called once the inputs are checked, before Ray (a tracker starts its run)."""
+    `on_ready()` is called once the inputs are checked, before Ray (a tracker starts its run).
+    `start` (a RecipeState) is where a run without a checkpoint begins (lr_find_done)."""
     started_at = time.time()
     recipe, res = cfg.recipe.resolved(), cfg.resources
     layout = scan_layout(cfg.data, cfg.labels, cfg.valid_pct, recipe.seed)
@@ -142,7 +143,8 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
                       global_batch=recipe.batch_size * hi,
                       gpu=res.gpu, cache=cache, cpus=cpus, precision=recipe.precision, valid=valid,
                       only_lr_find=only_lr_find, top=cfg.top,
-                      keep_dir=keep_dir_for(cfg.out, split, recipe.size) if res.elastic and cache else None)
+                      keep_dir=keep_dir_for(cfg.out, split, recipe.size) if res.elastic and cache else None,
+                      start=ray.put(start) if start is not None else None)
     relay = console.Relay(on_epoch=on_epoch)
     plan.console = relay.queue
     watch = group_watch.GroupWatch(relay.queue, per_worker, lo, hi, name)
@@ -245,7 +247,17 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
     return metrics
 
 
-def run_train(cfg: TrainConfig) -> int:
+def lr_find_done(lr_found: FitResult, source: str):
+    """The state a `raycat train` starts from to take the sweep of an lr-find run with the same data,
+    seed and settings instead of sweeping again (the demo's lr-find, then train). The sweep
+    restores the model as it found it, so this is the state that run's own sweep would have left,
+    and the run goes on as a run resumed after its sweep does."""
+    import dataclasses
+
+    return dataclasses.replace(lr_found.result.state, first_step_at=None, seconds=0.0, started_from=source)
+
+
+def run_train(cfg: TrainConfig, start=None) -> int:
     from raycat import tracking
     from raycat.config import to_dict
 
@@ -259,7 +271,7 @@ def run_train(cfg: TrainConfig) -> int:
         tracker = tracking.tracker(cfg.tracking, cfg.out, to_dict(cfg.recipe), run_name=storage.basename(cfg.out))
 
     try:
-        fitted = fit(cfg, on_epoch=lambda row, i: tracker.log_epoch(row, i), on_ready=start_tracking)
+        fitted = fit(cfg, on_epoch=lambda row, i: tracker.log_epoch(row, i), on_ready=start_tracking, start=start)
         metrics = write_train_outputs(cfg, fitted, {})
         resume.mark_finished(cfg, fitted.classes, fitted.split)
         tracker.log_metrics(metrics)
@@ -275,8 +287,11 @@ def run_train(cfg: TrainConfig) -> int:
     return 0
 
 
-def run_lr_find(cfg: LrFindConfig) -> int:
+def run_lr_find(cfg: LrFindConfig, keep: list | None = None) -> int:
+    """`raycat lr-find`; `keep` (a list) gets the run's FitResult (the demo's train starts from it)."""
     fitted = fit(cfg.as_train(), only_lr_find=True)
+    if keep is not None:
+        keep.append(fitted)
     found = fitted.result.state.lr_finds["lr_find"]
     outputs.write_lr_find(cfg.out, "lr_find", found)
     outputs.write_skipped(cfg.out, fitted.result.skipped)

@@ -49,6 +49,7 @@ class WorkerPlan:
     valid: dict = field(default_factory=dict)  # group size -> one Ray dataset of valid files per rank
     only_lr_find: bool = False
     keep_dir: str | None = None  # node-local folder for decoded images across groups (an elastic run)
+    start: object = None  # ObjectRef of a RecipeState to start from when there is no checkpoint (or None)
     top: int = 16  # images in each grid of the valid images worth a look
     console: object = None  # the driver's console queue (console.Relay): where rank 0's lines go
 
@@ -336,7 +337,7 @@ def train_loop(plan: WorkerPlan) -> None:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    state = previous.state if previous else RecipeState()
+    state = previous.state if previous else (ray.get(plan.start) if plan.start is not None else RecipeState())
     if plan.console is not None and rank == 0:
         log, progress, epoch_row = console.sender(plan.console)
     else:

@@ -106,3 +106,27 @@ def test_index_batches_cover_a_shard_once_or_cycle_a_short_one():
     assert sorted(once.tolist()) == list(range(10))
     short = list(index_batches(5, 4, 3, gen))  # a worker with fewer images takes as many steps
     assert [len(b) for b in short] == [4, 4, 4] and set(torch.cat(short).tolist()) == set(range(5))
+
+
+def test_a_run_started_from_an_lr_find_run_s_state_takes_its_sweep_and_does_not_sweep_again():
+    """The demo's train starts from its lr-find run's state (train_job.lr_find_done): the sweep is
+    not run again; the rate and curve are the lr-find run's; the epochs follow as after a resume."""
+    import dataclasses
+
+    r = recipe(weights="none", precompute_epochs=None, head_cycles=None, lr_mult=None, lr=None)
+    model, data = setup()
+    swept = run(r, model, data, LocalComm(), torch.device("cpu"), only_lr_find=True, log=lambda s: None)
+    assert swept.units_done == 1 and not swept.history
+    lines = []
+    torch.manual_seed(0)
+    model2, data2 = create_model("resnet18", 2), setup()[1]
+    start = dataclasses.replace(swept, first_step_at=None, seconds=0.0, started_from="the lr-find run's sweep")
+    state = run(r, model2, data2, LocalComm(), torch.device("cpu"), start, log=lines.append)
+    assert state.lr_finds["lr_find"]["lr"] == swept.lr_finds["lr_find"]["lr"]
+    assert state.base_lr == state.unfrozen_lr == swept.lr_finds["lr_find"]["suggestion"]
+    assert [h["stage"] for h in state.history] == ["unfrozen"] * 3
+    assert {row["lr"] for row in state.history} == {state.base_lr}
+    assert not any(line.startswith("lr_find") for line in lines)  # no second sweep said, or run
+    assert any("from the lr-find run's sweep" in line for line in lines), lines
+    spe = data2.steps_per_epoch
+    assert len(state.steps) == 3 * spe  # the epochs' steps only: the sweep's are not recorded either way

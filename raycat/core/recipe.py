@@ -64,6 +64,7 @@ class RecipeState:
     first_step_at: float | None = None  # wall-clock time (time.time()) of the first optimizer step
     notes: list[str] = field(default_factory=list)  # what the guard saw, for metrics.json
     final: dict = field(default_factory=dict)
+    started_from: str = "the latest checkpoint"  # where a run given this state says it resumes from
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,7 +117,7 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
         checkpoint(state)  # nothing left to run: report the final state again for whoever listens
         return state
     if state.units_done:
-        say(f"resuming after {state.units_done} of {len(units)} units (from the latest checkpoint)")
+        say(f"resuming after {state.units_done} of {len(units)} units (from {state.started_from})")
     elif not r.frozen_stages and not only_lr_find:
         say("from scratch (--weights none): no frozen stages; lr_find and every epoch train the whole network"
             + (", every layer group at one rate" if r.lr_mult == 1 else ""))
