@@ -212,26 +212,3 @@ def test_an_elastic_train_job_on_s3_rides_out_a_lost_node_and_its_model_scores_a
     assert scoring.finish(300) == 0, scoring.text()[-3000:]
     m = json.loads(storage.read_bytes(f"{pred}/metrics.json"))
     assert m["n_images"] == 24 and m["n_skipped"] == 0
-
-
-def test_a_fixed_group_that_loses_a_node_says_it_waits_and_goes_on_when_it_is_back(cluster, elastic_data,
-                                                                                    tmp_path):
-    out = str(tmp_path / "out")
-    run = Driver(cluster, "train", elastic_data, "--out", out, "--workers", "2", "--unfrozen-cycles", "2", *RUN,
-                 "--address", cluster["gcs"])
-    try:
-        run.wait_for(r"^unfrozen\s+1\s", 240)
-        lose_second_node(cluster)
-        lost_at = time.monotonic()
-        when, line = run.wait_for(r"waiting for resources", 90)
-        assert when - lost_at <= 60, f"{when - lost_at:.0f}s"
-        assert "needs 2 worker(s) x 2 CPU" in line and "free:" in line, line
-        second_node_back(cluster)
-        rc = run.finish(300)
-    finally:
-        run.finish(1) if run.proc.poll() is None else None
-        second_node_back(cluster)
-    assert rc == 0, run.text()[-3000:]
-    metrics = json.load(open(os.path.join(out, "metrics.json")))
-    assert [g["workers"] for g in metrics["worker_groups"]] == [2, 2]
-    assert metrics["worker_groups"][1]["reason"] == "node lost"

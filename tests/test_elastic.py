@@ -2,6 +2,7 @@
 resizes, and what the console says about the group. The runs that lose and regain a node are in
 test_cluster.py (a real two-node cluster)."""
 
+import os
 import queue
 import time
 
@@ -254,3 +255,35 @@ def test_a_sweep_s_trials_are_elastic_groups_and_the_sweep_counts_their_max():
     assert (trial.min_workers, trial.max_workers, trial.elastic) == (1, 3, True)
     assert max_concurrent(sweep, 1, cluster_cpus=6, cluster_gpus=0) == 2
 
+
+
+@pytest.mark.integration
+def test_a_fixed_group_the_cluster_cannot_hold_says_it_waits_and_what_it_needs(ray_local, tmp_path):
+    """A joined cluster may grow (or get its lost node back), so a group it can't hold now waits;
+    the console says so within WAIT_FIRST_S and names what is missing. (On this session's 2 CPUs,
+    2 workers x 2 CPU never fit; the run is stopped once it has said so.)"""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from raycat.datasets import make_shapes_dataset
+
+    data = make_shapes_dataset(str(tmp_path / "data"), classes=("circle", "square"), n_train=4, n_valid=2, seed=0)
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "raycat", "train", data, "--out", str(tmp_path / "o"),
+                                 "--workers", "2", "--cpus-per-worker", "2", "--weights", "none", "--size", "32"],
+                                start_new_session=True, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 150
+            while time.time() < deadline and proc.poll() is None and "waiting for resources" not in log.read_text():
+                time.sleep(1)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log.read_text()
+    line = next((x for x in text.splitlines() if "waiting for resources" in x), None)
+    assert line is not None, text[-3000:]
+    assert "needs 2 worker(s) x 2 CPU" in line and "free:" in line, line
