@@ -136,16 +136,7 @@ def run_predict(cfg: PredictConfig) -> int:
     # holds the same images (it has the paths; the driver never does) and scores it otherwise.
     spec = ScoringSpec(model=folder, card=card.to_json(), tta=cfg.tta, tta_beta=cfg.tta_beta,
                        batch_size=cfg.batch_size, gpu=res.gpu, cpus=cpus, run=run, top=cfg.top, done=frozenset(done))
-    tasks = max(1, min(len(units), 8))
-    listed = ray.data.from_items(units, override_num_blocks=len(units))
-    # One shard a block, so each shard's summary reaches the driver once its actor has scored it.
-    # Ray Data cuts a task's output into blocks of up to target_max_block_size (128 MiB): a listing
-    # unit's shards (a few KB each) would travel as one block, the actor would score them all in
-    # one call, and the first summary would come only after the whole unit (or the whole of a
-    # small folder) was scored. (Datasets derived from `listed` copy its context.)
-    listed.context.target_max_block_size = SHARD_BLOCK_BYTES
-    shards = listed.flat_map(
-        listing.list_unit, fn_kwargs={"source": source}, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=tasks))
+    shards = shard_dataset(units, source)
     scored = shards.map_batches(Scorer, fn_constructor_kwargs={"spec": spec}, batch_size=1,
                                 compute=ray.data.ActorPoolStrategy(size=res.workers), num_cpus=cpus,
                                 num_gpus=1 if res.gpu else None)
@@ -167,6 +158,24 @@ def run_predict(cfg: PredictConfig) -> int:
           f"{metrics['seconds']:.0f}s (first shard after {metrics['first_shard_seconds']:.1f}s); driver peak RSS "
           f"{peak_mb:.0f} MB; outputs in {cfg.out}")
     return 0
+
+
+
+def shard_dataset(units: list[dict], source):
+    """The listing units as a Ray dataset of shard rows, listed by parallel tasks that take no CPU
+    from the scoring actors, one shard a block.
+
+    One shard a block, so each shard's summary reaches the driver once its actor has scored it.
+    Ray Data cuts a task's output into blocks of up to target_max_block_size (128 MiB): a listing
+    unit's shards (a few KB each) would travel as one block, the actor would score them all in one
+    call, and the first summary would come only after the whole unit (or the whole of a small
+    folder) was scored. (The datasets derived from `listed` copy its context.)"""
+    import ray.data
+
+    listed = ray.data.from_items(units, override_num_blocks=len(units))
+    listed.context.target_max_block_size = SHARD_BLOCK_BYTES
+    return listed.flat_map(listing.list_unit, fn_kwargs={"source": source}, num_cpus=0,
+                           compute=ray.data.TaskPoolStrategy(size=max(1, min(len(units), 8))))
 
 
 def write_predict_outputs(cfg: PredictConfig, folder: str, card, run: str, tally: Tally, t0: float,

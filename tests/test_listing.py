@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from raycat import listing, storage
+from raycat import listing, predict_job, storage
 
 
 def listed(images, classes):
@@ -235,15 +235,14 @@ def test_ranges_go_through_ray_data_as_predict_lists_them(ray_local, tmp_path, m
     """The units as Ray Data rows, listed by parallel tasks as predict_job runs them, give the
     shards the in-process listing gives. (Shards of the real size, in the tasks too; the driver cuts
     local ranges of 1,024 images, not 131,072.)"""
-    import ray.data
-
     monkeypatch.setattr(listing, "LOCAL_RANGE_SHARDS", 2, raising=False)
     touch(tmp_path, *[f"{i:05d}.jpg" for i in range(3000)], *[f"dog/{i}.jpg" for i in range(10)])
     source, units = listing.plan_listing(str(tmp_path), ["dog"])
     assert [u["kind"] for u in units] == ["dir", "files", "files", "files"]
-    rows = ray.data.from_items(units, override_num_blocks=len(units)).flat_map(
-        listing.list_unit, fn_kwargs={"source": source}, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2))
+    rows = predict_job.shard_dataset(units, source).materialize()
     got = sorted(listing.shard_of(r)[:3] for r in rows.iter_rows())
+    # one shard a block: each shard's summary can reach the driver as soon as it is scored
+    assert rows.num_blocks() == len(got) > len(units)
     want = sorted(listing.shard_of(r)[:3] for u in units for r in listing.list_unit(u, source))
     assert got == want and sum(len(p) for _, p, _ in got) == 3010
     assert {y for _, _, ys in got for y in ys} == {0, -1}  # dog/ labelled, the flat images not
