@@ -256,7 +256,6 @@ def test_a_sweep_s_trials_are_elastic_groups_and_the_sweep_counts_their_max():
     assert max_concurrent(sweep, 1, cluster_cpus=6, cluster_gpus=0) == 2
 
 
-
 @pytest.mark.integration
 def test_a_fixed_group_the_cluster_cannot_hold_says_it_waits_and_what_it_needs(ray_local, tmp_path):
     """A joined cluster may grow (or get its lost node back), so a group it can't hold now waits;
@@ -265,7 +264,6 @@ def test_a_fixed_group_the_cluster_cannot_hold_says_it_waits_and_what_it_needs(r
     import signal
     import subprocess
     import sys
-    import time
 
     from raycat.datasets import make_shapes_dataset
 
