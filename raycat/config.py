@@ -14,6 +14,7 @@ cluster time is spent; errors name the flag.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -68,6 +69,9 @@ def _non_negative(cfg: Any, *names: str) -> None:
         _check(getattr(cfg, n) >= 0, n, f"must be >= 0, got {getattr(cfg, n)}")
 
 
+DEFAULT_BATCH, MIN_STEPS = 64, 16  # Recipe.batch_for
+
+
 @dataclass
 class Recipe:
     """What a training run computes (docs/contract.md, 'The staged recipe'). None means: chosen from
@@ -78,7 +82,8 @@ class Recipe:
     stem: str = arg("imagenet", "the body's stem: imagenet (7x7 stride 2, max-pool), small (3x3 stride 1, "
                     "for images of 64 px or less), small_pool (small, then a max-pool)", choices=STEMS)
     size: int = arg(224, "image side in pixels, after resize and crop")
-    batch_size: int = arg(64, "images per batch per worker")
+    batch_size: int | None = arg(None, "images per batch per worker (default: 64, halved down to 8 while an epoch "
+                                 "would have fewer than 16 steps: a small set still gets updates enough)")
     aug: str = arg("side_on", "augmentation preset (flip_shift: a mirror and a 2-pixel shift, for small images)",
                    choices=AUG_PRESETS)
     max_zoom: float = arg(1.1, "largest random zoom of side_on/top_down")
@@ -102,6 +107,8 @@ class Recipe:
     weight_decay: float = arg(1e-4, "SGD weight decay")
     nesterov: bool = arg(False, "Nesterov momentum")
     label_smoothing: float = arg(0.0, "label smoothing of the training loss (0: none)")
+    bn_images: int = arg(512, "BatchNorm's statistics re-estimated at the end of each epoch from up to this many of "
+                         "its last training images, under its final weights (0: keep the running averages)")
     precision: str = arg("auto", "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 (autocast)", choices=PRECISIONS)
     tta: int = arg(4, "augmented views for TTA on the valid set at the end (0: none)")
 
@@ -110,13 +117,14 @@ class Recipe:
                               ("schedule", SCHEDULES), ("lr_suggest", LR_SUGGESTIONS)):
             _choice(self, name, choices)
         _check(bool(self.weights), "weights", "must be imagenet, none, or a path or URI")
-        _positive(self, "size", "batch_size", "cycle_len", "cycle_mult", "patience")
+        _positive(self, "size", "cycle_len", "cycle_mult", "patience")
+        _check(self.batch_size is None or self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
         _check(self.size >= 16, "size", f"must be at least 16 pixels, got {self.size}")
         _check(self.max_zoom >= 1.0, "max_zoom", f"must be >= 1.0, got {self.max_zoom}")
         _check(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _check(self.lr_mult is None or self.lr_mult >= 1, "lr_mult", f"must be >= 1, got {self.lr_mult}")
         _check(0 <= self.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
-        _non_negative(self, "unfrozen_cycles", "tta", "weight_decay", "momentum")
+        _non_negative(self, "unfrozen_cycles", "tta", "weight_decay", "momentum", "bn_images")
         for name in ("precompute_epochs", "head_cycles"):
             _check(getattr(self, name) is None or getattr(self, name) >= 0, name, "must be >= 0")
 
@@ -136,6 +144,18 @@ class Recipe:
             head_cycles=(2 if pre else 0) if self.head_cycles is None else self.head_cycles,
             lr_mult=(3.0 if pre else 1.0) if self.lr_mult is None else self.lr_mult,
         )
+
+    def batch_for(self, n_train: int, workers: int) -> int:
+        """--batch-size, or by default 64, halved (to 8 at least) while an epoch of `n_train` images
+        over `workers` would take fewer than MIN_STEPS steps. From scratch, ants/bees (245 photos)
+        at 64 is 4 steps an epoch, 28 in the whole default run, and stayed at chance; at 16 it
+        learns (bench/RESULTS.md, real photos)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        bs = DEFAULT_BATCH
+        while bs > 8 and math.ceil((n_train // max(1, workers)) / bs) < MIN_STEPS:
+            bs //= 2
+        return bs
 
     @property
     def frozen_stages(self) -> bool:

@@ -3,6 +3,7 @@ workers, run the recipe there, then write the contract's outputs from the final 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -97,6 +98,7 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
     lo, hi = res.min_workers, res.max_workers
     if len(layout.train) < hi:
         raise InputError(f"--workers {res.workers}: more workers than training images ({len(layout.train)})")
+    recipe = dataclasses.replace(recipe, batch_size=recipe.batch_for(len(layout.train), hi))
     name = "lr_find" if only_lr_find else "train"
     split = resume.split_digest(layout)
     if weights_note:

@@ -130,3 +130,24 @@ def test_a_run_started_from_an_lr_find_run_s_state_takes_its_sweep_and_does_not_
     assert any("from the lr-find run's sweep" in line for line in lines), lines
     spe = data2.steps_per_epoch
     assert len(state.steps) == 3 * spe  # the epochs' steps only: the sweep's are not recorded either way
+
+
+def test_patience_counts_epochs_in_a_row_that_rose_not_epochs_short_of_the_best():
+    """An SGDR restart raises the loss for an epoch; the rest of its cycle brings it down. ants/bees
+    from scratch (bench/real_photos.py, seed 0): counted against the best, patience 2 stopped the
+    run at epoch 3, at chance."""
+    from raycat.core.recipe import rising_epochs
+
+    counts, rising, last = [], 0, float("inf")
+    for loss in [0.7186, 0.7969, 0.7680, 0.7891, 0.8734]:
+        rising, last = rising_epochs(rising, last, loss), loss
+        counts.append(rising)
+    assert counts == [0, 1, 0, 1, 2]
+
+
+def test_the_default_batch_shrinks_for_a_small_set_so_an_epoch_has_steps_enough():
+    assert Recipe().batch_for(60_000, 1) == 64
+    assert Recipe().batch_for(245, 1) == 16  # ants/bees: 16 steps an epoch, not 4
+    assert Recipe().batch_for(245, 2) == 8
+    assert Recipe().batch_for(20, 1) == 8  # never below 8
+    assert Recipe(batch_size=64).batch_for(245, 1) == 64  # a batch asked for is kept

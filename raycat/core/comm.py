@@ -60,13 +60,19 @@ class TorchComm:
         return out
 
     def sync_buffers(self, module: nn.Module) -> None:
-        """Rank 0's buffers (BatchNorm's running statistics) on every rank.
+        """The same buffers (BatchNorm's running statistics) on every rank: the ranks' mean.
 
         DDP broadcasts buffers at the start of each forward, and then every rank updates them with
-        its own batch: after an epoch they differ by the last step. Without this, each rank would
-        score its part of the valid set with a slightly different model from the one rank 0 saves."""
+        its own batch; core.bn_stats re-takes them from each rank's own last batches. Without this,
+        each rank would score its part of the valid set with a different model from the one rank 0
+        saves. The mean of the ranks' statistics is the statistics of all their batches; counters
+        (num_batches_tracked) are rank 0's."""
         for b in module.buffers():
-            self.dist.broadcast(b, src=0)
+            if b.is_floating_point():
+                self.dist.all_reduce(b)
+                b.div_(self.world_size)
+            else:
+                self.dist.broadcast(b, src=0)
 
     def wrap(self, module: nn.Module, device: torch.device, key: str) -> nn.Module:
         """One DDP wrapper per stage (`key`), built on first use and reused by every later epoch.

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from raycat.core import lr_find
+from raycat.core import bn_stats, lr_find
 from raycat.core.augment import AugmentSpec, augment, normalize
 from raycat.core.data import Batch, RecipeData, index_batches
 from raycat.core.device import autocast, memory_format
@@ -83,8 +83,10 @@ class Loop:
 
     def __init__(self, model: Classifier, data: RecipeData, comm, device: torch.device, precision: str,
                  spec: AugmentSpec, optim: Optim, batch_size: int, log: Callable[[str], None] = print,
-                 on_step: Callable[[str, int, int], None] | None = None, loss_weight: float = 1.0):
+                 on_step: Callable[[str, int, int], None] | None = None, loss_weight: float = 1.0,
+                 bn_images: int = 0):
         self.model, self.data, self.comm, self.device = model, data, comm, device
+        self.bn_images = bn_images  # core.bn_stats: images an epoch's BatchNorm statistics are re-taken from
         self.loss_weight = loss_weight  # core.data.loss_weight: this worker's share of the global batch
         self.precision, self.spec, self.optim, self.bs, self.log = precision, spec, optim, batch_size, log
         self.on_step = on_step  # (what, step, steps): progress within an epoch, for whoever shows it
@@ -107,6 +109,10 @@ class Loop:
             return self.comm.wrap(self.model.head, self.device, "head")
         set_train_mode(self.model)
         return self.comm.wrap(self.model, self.device, f"frozen{stage.frozen}")
+
+    def _bn_target(self, stage: Stage) -> nn.Module:
+        """The smallest part of the model that holds every BatchNorm the stage trains."""
+        return self.model.head if stage.frozen >= N_GROUPS - 1 else self.model
 
     def _batches(self, stage: Stage) -> Iterator[Batch]:
         """One epoch of (input, label) batches for the stage: activations, or augmented images."""
@@ -144,6 +150,10 @@ class Loop:
         averaged over workers."""
         net, opt = self._net(stage), self._optimizer()
         losses = []
+        bn_net, tail = self._bn_target(stage), bn_stats.TailBatches(self.bn_images)
+        # What reaches the part of the network whose BatchNorms train: the images, or (body frozen)
+        # the body's activations, taken on their way in at no extra cost.
+        hook = bn_net.register_forward_pre_hook(lambda _, args: tail.add(args[0])) if self.bn_images else None
         for i, (x, y) in enumerate(self._batches(stage)):
             lrs = lrs_at(first_step + i)
             for g, lr in zip(opt.param_groups, lrs, strict=True):
@@ -156,6 +166,9 @@ class Loop:
                 row = {"stage": stage.name, "step": first_step + i, "loss": loss}
                 row.update({f"lr_{g}": r for g, r in zip(GROUP_NAMES, lrs, strict=True)})
                 steps.append(row)
+        if hook is not None:
+            hook.remove()
+            bn_stats.recompute(bn_net, tail.batches(), lambda x: self._forward(bn_net, x))
         self.comm.sync_buffers(self.model)  # every rank evaluates (and rank 0 saves) the same model
         return self.comm.mean(sum(losses) / len(losses) if losses else float("nan"))
 

@@ -55,7 +55,8 @@ class RecipeState:
     best_valid_loss: float = math.inf  # over every epoch of every stage: the weights the run keeps
     best_epoch: str = ""
     best_state: dict | None = None
-    stage_best: float = math.inf  # the unfrozen stage's best, for early stopping
+    stage_best: float = math.inf  # the unfrozen stage's best
+    stage_last: float = math.inf  # its latest epoch's valid loss, for early stopping
     bad_epochs: int = 0
     stopped_early: bool = False
     model_state: dict | None = None
@@ -111,7 +112,7 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
         model.load_state_dict(state.model_state)
     optim = Optim(r.momentum, r.weight_decay, r.nesterov, r.label_smoothing)
     loop = Loop(model, data, comm, device, precision, AugmentSpec(r.aug, r.max_zoom), optim, r.batch_size, log,
-                on_step if comm.rank == 0 else None, loss_weight)
+                on_step if comm.rank == 0 else None, loss_weight, r.bn_images)
     units = plan(r, only_lr_find)
     if state.units_done >= len(units):
         checkpoint(state)  # nothing left to run: report the final state again for whoever listens
@@ -194,14 +195,23 @@ def _epoch(loop: Loop, r: Recipe, state: RecipeState, stage: Stage, epoch: int, 
     if valid_loss < state.best_valid_loss:
         state.best_valid_loss, state.best_epoch, state.best_state = valid_loss, name, cpu_state(loop.model)
     if stage is UNFROZEN:
-        if valid_loss < state.stage_best:
-            state.stage_best, state.bad_epochs = valid_loss, 0
-        else:
-            state.bad_epochs += 1
+        # "Risen for --patience epochs": that many epochs in a row, each worse than the one before.
+        # An SGDR restart raises the loss for an epoch by design and the rest of its cycle brings it
+        # down again; over-fitting keeps it rising. (Counting epochs short of the stage's best, as
+        # before, stopped a run on ants/bees at its second cycle's restart, at chance.)
+        state.stage_best = min(state.stage_best, valid_loss)
+        state.bad_epochs = rising_epochs(state.bad_epochs, state.stage_last, valid_loss)
+        state.stage_last = valid_loss
+        if state.bad_epochs:
             if state.bad_epochs >= r.patience:
                 state.stopped_early = True
                 say(f"valid loss has risen for {state.bad_epochs} epochs: stopping; keeping the best epoch "
                     f"({state.best_epoch}, valid loss {state.best_valid_loss:.4f})")
+
+
+def rising_epochs(rising: int, last_loss: float, loss: float) -> int:
+    """Epochs in a row whose valid loss rose over the epoch before, after one with `loss`."""
+    return rising + 1 if loss > last_loss else 0
 
 
 def _finish(loop: Loop, r: Recipe, state: RecipeState, say: Callable[[str], None], top: int) -> None:
