@@ -38,6 +38,7 @@ class FitResult:
     started_at: float  # when the command started (time.time())
     ray_up_at: float  # when Ray was up (joined or started)
     groups: list[dict]  # the worker groups this command ran (console.Relay.groups)
+    batch_size: int  # images a step per worker at MAX workers (--batch-size, or Recipe.batch_for's)
 
 
 def cache_fits(mode: str, n_images: int, size: int, workers: int, memory_per_worker: float) -> bool:
@@ -177,7 +178,7 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
     result.skipped = sorted(set(result.skipped) | set(layout.bad))  # rows the labels file could not use
     return FitResult(result=result, classes=layout.classes, cache=cache, cpus_per_worker=cpus, split=split,
                      notes=[weights_note] if weights_note else [], started_at=started_at, ray_up_at=ray_up_at,
-                     groups=relay.groups)
+                     groups=relay.groups, batch_size=recipe.batch_size)
 
 
 def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dict:
@@ -237,6 +238,7 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
         "worker_groups": [{"workers": g["workers"], "reason": g["reason"], "from_epoch": g["from_epoch"],
                            "at_seconds": round(g["at"] - fitted.started_at, 1)} for g in fitted.groups],
         "cpus_per_worker": fitted.cpus_per_worker,
+        "batch_size": fitted.batch_size,
         "cache": "memory" if fitted.cache else "stream",
         "worker_nodes": fitted.result.worker_nodes,
         "n_train": fitted.result.n_train,

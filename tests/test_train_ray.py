@@ -52,6 +52,7 @@ def test_every_stage_ran(trained):
     m = json.load(open(os.path.join(trained, "metrics.json")))
     # 2 workers on this session's Ray (2 CPUs): one CPU each, and the shards fit in memory.
     assert m["cpus_per_worker"] == 1 and m["cache"] == "memory" and m["n_train"] == 180 and m["n_valid"] == 36
+    assert m["batch_size"] == 8  # as asked
 
 
 def test_steps_show_cosine_restarts_at_cycle_boundaries(trained):
@@ -151,10 +152,11 @@ def test_stream_mode_reads_every_epoch_from_storage_and_trains_the_same_epochs(t
     spoiler = threading.Thread(target=spoil_after_the_first_unit, daemon=True)
     spoiler.start()
     assert main(["train", data, "--out", out, "--arch", "resnet18", "--weights", "none", "--size", "32",
-                 "--batch-size", "8", "--workers", "1", "--unfrozen-cycles", "3", "--cycle-mult", "1",
+                 "--workers", "1", "--unfrozen-cycles", "3", "--cycle-mult", "1",
                  "--patience", "10", "--tta", "0", "--cache", "stream", "--lr", "0.01"]) == 0
     spoiler.join()
     m = json.load(open(os.path.join(out, "metrics.json")))
     assert m["cache"] == "stream"
+    assert m["batch_size"] == 8  # the default for 180 images: 64 halved until an epoch has 16 steps
     assert [r["stage"] for r in rows(os.path.join(out, "history.csv"))] == ["unfrozen"] * 3
     assert victim in open(os.path.join(out, "skipped.csv")).read()  # found by a later epoch's read
