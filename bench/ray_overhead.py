@@ -32,22 +32,30 @@ from results import machine, write_section  # noqa: E402
 from raycat.datasets import make_shapes_dataset  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
-# Ray's own processes, by what their command line holds (first match wins). Everything else in
-# the run (the driver, the Train worker, Ray Data's read tasks) is the work itself.
+# Ray's own processes, by what their command line holds (first match wins); the names are the
+# process titles `ps` shows for a raycat train on Ray 2.60 (its agents and actors are titled
+# ray::<class>). Everything else in the run (the driver, the Train worker, Ray Data's read tasks)
+# is the work itself. The console queue is raycat's, but bookkeeping all the same.
 GROUPS = [
     ("gcs", "gcs_server"),
     ("raylet", "/raylet"),
+    ("dashboard agent", "ray::DashboardAgent"),
     ("dashboard agent", "dashboard/agent.py"),
+    ("runtime env agent", "ray::RuntimeEnvAgent"),
     ("runtime env agent", "runtime_env/agent"),
     ("dashboard", "dashboard/dashboard.py"),
     ("log monitor", "log_monitor.py"),
     ("monitor", "autoscaler/_private/monitor.py"),
-    ("train controller", "ray::TrainController"),
-    ("pg cleaner", "ray::PlacementGroupCleaner"),
+    ("train bookkeeping", "ray::TrainController"),
+    ("train bookkeeping", "ray::SynchronizationActor"),
+    ("train bookkeeping", "ray::PlacementGroupCleaner"),
     ("data bookkeeping", "ray::_StatsActor"),
     ("data bookkeeping", "ray::AutoscalingRequester"),
+    ("data bookkeeping", "ray::_AutoscalingCoordinatorActor"),
     ("data bookkeeping", "ray::SplitCoordinator"),
+    ("data bookkeeping", "ray::DatasetManager"),
     ("data bookkeeping", "ray::DefaultClusterAutoscaler"),
+    ("console queue", "ray::_QueueActor"),
     ("idle workers", "ray::IDLE"),
 ]
 SYSTEM = {g for g, _ in GROUPS}
@@ -146,9 +154,11 @@ def one_run(data: str, lean: bool) -> dict:
         raise SystemExit(f"raycat train failed:\n{text[-3000:]}")
     m = json.load(open(os.path.join(out, "metrics.json")))
     first_step = t0 + m["ray_start_seconds"] + m["to_first_step_seconds"]
-    # The training window: from the first step to the last sample before the driver writes outputs
-    # (the end of the run less the last epoch's outputs is close enough at these lengths).
-    shares = window_shares(sampler.samples, first_step + 2, sampler.samples[-1][0] - 2)
+    # The training window: from the first step to the end of the last unit (metrics.json's
+    # `seconds`, the recipe's units from lr_find on). Not the last sample: as the command ends, Ray
+    # shuts down, and a window ending there saw GCS, the raylet and the actors gone (their CPU
+    # uncounted) while the dashboard and the log monitor, slower to stop, were still there.
+    shares = window_shares(sampler.samples, first_step + 2, first_step + m["seconds"] - 2)
     return {"wall": wall, "ray_start": m["ray_start_seconds"], "to_first_step": m["to_first_step_seconds"],
             "shares": shares, "system": sum(v for g, v in shares.items() if g in SYSTEM)}
 

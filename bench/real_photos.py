@@ -63,7 +63,8 @@ def raycat_run(data: str, out: str, seed: int, size: int, flags: list[str]) -> d
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     m = json.load(open(os.path.join(out, "metrics.json")))
     return {"wall": wall, "accuracy": m["valid_accuracy"], "accuracy_tta": m["valid_accuracy_tta"],
-            "lr": m["base_lr"], "epochs": m["epochs"], "stopped_early": m["stopped_early"]}
+            "lr": m["base_lr"], "epochs": m["epochs"], "stopped_early": m["stopped_early"],
+            "batch": m.get("batch_size")}
 
 
 def fastai_run(data: str, seed: int, size: int, epochs: int, arch: str) -> dict:
@@ -126,8 +127,9 @@ def main() -> None:
     body = f"""## Real photos from scratch: ants/bees (`bench/real_photos.py`)
 
 `raycat train DATA --weights none --size {args.size}` (the default recipe otherwise: resnet34, lr_find, SGDR
-1+2+4 epochs with patience 2) on PyTorch's ants/bees photos (245 train, 153 valid), one run per seed;
-{who}.
+1+2+4 epochs with patience 2, the default batch for 245 images: {ours[0]['batch']}, BatchNorm statistics
+re-taken at each epoch's end) on PyTorch's ants/bees photos (245 train, 153 valid), one run per seed;
+{who} (its default batch, 64). Both run alone on the machine, one after the other.
 Chance is 0.54 (83 bees of 153). Machine: {machine()}.
 
 | run | seed | lr (lr_find) | epochs | valid accuracy | with TTA | wall s |

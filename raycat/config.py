@@ -107,7 +107,7 @@ class Recipe:
     weight_decay: float = arg(1e-4, "SGD weight decay")
     nesterov: bool = arg(False, "Nesterov momentum")
     label_smoothing: float = arg(0.0, "label smoothing of the training loss (0: none)")
-    bn_images: int = arg(512, "BatchNorm's statistics re-estimated at the end of each epoch from up to this many of "
+    bn_images: int = arg(256, "BatchNorm's statistics re-estimated at the end of each epoch from up to this many of "
                          "its last training images, under its final weights (0: keep the running averages)")
     precision: str = arg("auto", "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 (autocast)", choices=PRECISIONS)
     tta: int = arg(4, "augmented views for TTA on the valid set at the end (0: none)")

@@ -19,6 +19,8 @@ import time
 from typing import Callable
 
 PROGRESS_EVERY_S = 2.0  # seconds between a worker's progress messages within an epoch
+GET_WAIT_S = 30.0  # the longest a relay's get waits on its queue before asking again
+_STOP = ("stop", None)  # what close() queues to wake the relay's thread
 
 
 class Relay:
@@ -77,21 +79,32 @@ class Relay:
 
         while not self._stop.is_set():
             try:
-                self._show(self.queue.get(timeout=0.5))
+                # A get returns as soon as a line comes; the long wait only spares the queue's
+                # actor (and the driver) two idle calls a second over a whole run. close() wakes it.
+                item = self.queue.get(timeout=GET_WAIT_S)
             except Empty:
                 continue
             except Exception:  # noqa: BLE001 - the queue's actor is gone (shutdown): nothing more to show
                 return
+            if item == _STOP:
+                return
+            self._show(item)
 
     def close(self) -> None:
         """Show what is still queued, then stop."""
         from ray.util.queue import Empty
 
         self._stop.set()
+        try:
+            self.queue.put_nowait(_STOP)  # behind every line already queued
+        except Exception:  # noqa: BLE001 - the actor is gone: the thread has stopped already
+            pass
         self._thread.join(timeout=5)
         try:
             while True:
-                self._show(self.queue.get_nowait())
+                item = self.queue.get_nowait()
+                if item != _STOP:
+                    self._show(item)
         except (Empty, Exception):  # noqa: BLE001 - drained, or the actor is gone
             pass
         try:

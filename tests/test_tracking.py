@@ -214,6 +214,8 @@ def test_epochs_are_numbered_by_their_index_in_the_run_s_history(ray_local):
         epoch_row(i, {"stage": "unfrozen", "epoch": i - 1})
     relay.close()
     assert seen == [(2, 3), (3, 4)]
+    # close() wakes the relay's thread (its get waits up to 30 s for a line) behind what is queued
+    assert not relay._thread.is_alive()
 
 
 @pytest.mark.integration
