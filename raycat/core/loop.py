@@ -154,20 +154,23 @@ class Loop:
         # What reaches the part of the network whose BatchNorms train: the images, or (body frozen)
         # the body's activations, taken on their way in at no extra cost.
         hook = bn_net.register_forward_pre_hook(lambda _, args: tail.add(args[0])) if self.bn_images else None
-        for i, (x, y) in enumerate(self._batches(stage)):
-            lrs = lrs_at(first_step + i)
-            for g, lr in zip(opt.param_groups, lrs, strict=True):
-                g["lr"] = lr
-            loss = self._step(net, opt, x, y)
-            losses.append(loss)
-            if self.on_step is not None:
-                self.on_step(label or stage.name, i + 1, self.data.steps_per_epoch)
-            if steps is not None and self.comm.rank == 0:
-                row = {"stage": stage.name, "step": first_step + i, "loss": loss}
-                row.update({f"lr_{g}": r for g, r in zip(GROUP_NAMES, lrs, strict=True)})
-                steps.append(row)
-        if hook is not None:
-            hook.remove()
+        try:
+            for i, (x, y) in enumerate(self._batches(stage)):
+                lrs = lrs_at(first_step + i)
+                for g, lr in zip(opt.param_groups, lrs, strict=True):
+                    g["lr"] = lr
+                loss = self._step(net, opt, x, y)
+                losses.append(loss)
+                if self.on_step is not None:
+                    self.on_step(label or stage.name, i + 1, self.data.steps_per_epoch)
+                if steps is not None and self.comm.rank == 0:
+                    row = {"stage": stage.name, "step": first_step + i, "loss": loss}
+                    row.update({f"lr_{g}": r for g, r in zip(GROUP_NAMES, lrs, strict=True)})
+                    steps.append(row)
+        finally:
+            if hook is not None:
+                hook.remove()
+        if self.bn_images:
             bn_stats.recompute(bn_net, tail.batches(), lambda x: self._forward(bn_net, x))
         self.comm.sync_buffers(self.model)  # every rank evaluates (and rank 0 saves) the same model
         return self.comm.mean(sum(losses) / len(losses) if losses else float("nan"))
