@@ -55,8 +55,7 @@ class RecipeState:
     best_valid_loss: float = math.inf  # over every epoch of every stage: the weights the run keeps
     best_epoch: str = ""
     best_state: dict | None = None
-    stage_best: float = math.inf  # the unfrozen stage's best
-    stage_last: float = math.inf  # its latest epoch's valid loss, for early stopping
+    stage_last: float = math.inf  # the unfrozen stage's latest valid loss, for early stopping
     bad_epochs: int = 0
     stopped_early: bool = False
     model_state: dict | None = None
@@ -72,7 +71,8 @@ class RecipeState:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RecipeState":
-        return cls(**d)
+        # stage_best, which early stopping no longer reads, may be in a checkpoint written before
+        return cls(**{k: v for k, v in d.items() if k != "stage_best"})
 
 
 def plan(recipe: Recipe, only_lr_find: bool = False) -> list[tuple[str, int]]:
@@ -199,7 +199,6 @@ def _epoch(loop: Loop, r: Recipe, state: RecipeState, stage: Stage, epoch: int, 
         # An SGDR restart raises the loss for an epoch by design and the rest of its cycle brings it
         # down again; over-fitting keeps it rising. (Counting epochs short of the stage's best, as
         # before, stopped a run on ants/bees at its second cycle's restart, at chance.)
-        state.stage_best = min(state.stage_best, valid_loss)
         state.bad_epochs = rising_epochs(state.bad_epochs, state.stage_last, valid_loss)
         state.stage_last = valid_loss
         if state.bad_epochs:
