@@ -78,12 +78,13 @@ def run_config(out: str, name: str, callbacks=None):
 
 
 def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable: bool = True,
-        on_epoch=None, on_ready=None, start=None) -> FitResult:
+        on_epoch=None, on_ready=None, start=None, sweep_given_lr: bool = True) -> FitResult:
     """Everything up to the final checkpoint. Inputs, OUT and --weights are checked before any
     cluster time is spent. `resumable=False` (tune's trials) leaves resuming to Tune. `on_epoch(row,
     i)` sees each epoch's row as it ends, `i` its index in the run's history (a tracker);
     `on_ready()` is called once the inputs are checked, before Ray (a tracker starts its run).
-    `start` (a RecipeState) is where a run without a checkpoint begins (lr_find_done)."""
+    `start` (a RecipeState) is where a run without a checkpoint begins (lr_find_done).
+    `sweep_given_lr=False` skips the lr_find sweeps when --lr is given (core.recipe.plan)."""
     started_at = time.time()
     recipe, res = cfg.recipe.resolved(), cfg.resources
     layout = scan_layout(cfg.data, cfg.labels, cfg.valid_pct, recipe.seed)
@@ -145,7 +146,7 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
                       steps_per_epoch=steps_per_epoch(len(layout.train), hi, recipe.batch_size),
                       global_batch=recipe.batch_size * hi,
                       gpu=res.gpu, cache=cache, cpus=cpus, precision=recipe.precision, valid=valid,
-                      only_lr_find=only_lr_find, top=cfg.top,
+                      only_lr_find=only_lr_find, sweep_given_lr=sweep_given_lr, top=cfg.top,
                       keep_dir=keep_dir_for(cfg.out, split, recipe.size) if res.elastic and cache else None,
                       start=ray.put(start) if start is not None else None)
     relay = console.Relay(on_epoch=on_epoch)
@@ -211,7 +212,9 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
         for name, rows in fitted.result.grids.items():
             grids.write(out, name, card, rows)
 
-    stale = [] if "lr_find_unfrozen" in state.lr_finds else ["lr_find_unfrozen.csv", "lr_find_unfrozen.png"]
+    # (an earlier run's curves, where this run drew none)
+    stale = [f"{name}.{ext}" for name in ("lr_find", "lr_find_unfrozen") if name not in state.lr_finds
+             for ext in ("csv", "png")]
     stale += grids.FILES  # an earlier run's grids, even where this run writes none
     metrics = {
         "valid_accuracy": f["valid_accuracy"],

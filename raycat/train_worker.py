@@ -48,6 +48,7 @@ class WorkerPlan:
     precision: str  # auto | fp32 | bf16
     valid: dict = field(default_factory=dict)  # group size -> one Ray dataset of valid files per rank
     only_lr_find: bool = False
+    sweep_given_lr: bool = True  # False: no lr_find when --lr is given (core.recipe.plan)
     keep_dir: str | None = None  # node-local folder for decoded images across groups (an elastic run)
     start: object = None  # ObjectRef of a RecipeState to start from when there is no checkpoint (or None)
     top: int = 16  # images in each grid of the valid images worth a look
@@ -352,7 +353,7 @@ def train_loop(plan: WorkerPlan) -> None:
 
     core_recipe.run(r, model, data, comm, device, state, checkpoint_and_tell, log, plan.only_lr_find,
                     resolve_precision(r.precision, device), console.throttled(progress), plan.top,
-                    loss_weight(plan.global_batch, world, rank))
+                    loss_weight(plan.global_batch, world, rank), plan.sweep_given_lr)
 
 
 def _named_grids(final: dict, paths_by_rank: list[list[str]], classes: list[str]) -> dict[str, list] | None:

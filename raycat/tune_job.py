@@ -38,7 +38,8 @@ def trial_fn(config: dict) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     sweep: TuneConfig = config["_sweep"]
     cfg = sweep.trial(trial_recipe(config), storage.join(sweep.out, "trials", trial_id))
-    fitted = fit(cfg, callbacks=[TuneReportCallback()], resumable=False)
+    # A trial with a rate (sampled, or the sweep's --lr) skips lr_find: its curves would be unused.
+    fitted = fit(cfg, callbacks=[TuneReportCallback()], resumable=False, sweep_given_lr=False)
     write_train_outputs(cfg, fitted, {"trial_id": trial_id})
 
 
@@ -70,7 +71,7 @@ def trial_status(result, recipe: Recipe) -> str:
     if result.error is not None:
         return "error"
     done = (result.metrics or {}).get("units_done", 0)
-    return "completed" if done >= len(plan(recipe)) else "early_stopped"
+    return "completed" if done >= len(plan(recipe, sweep_given_lr=False)) else "early_stopped"
 
 
 def run_tune(cfg: TuneConfig) -> int:
@@ -104,9 +105,11 @@ def run_tune(cfg: TuneConfig) -> int:
         cpus = max(1, int(res.get("CPU", 1)) // (concurrent * cfg.resources.max_workers))
     sweep = dataclasses.replace(cfg, resources=dataclasses.replace(cfg.resources, cpus_per_worker=cpus))
     param_space = {**to_tune(space), "_recipe": to_dict(cfg.recipe), "_sweep": sweep}
-    # grace_period 2: the first cut comes after a real epoch (unit 1 is lr_find, which has no valid loss).
-    scheduler = ASHAScheduler(metric="valid_loss", mode="min", time_attr="training_iteration", grace_period=2,
-                              max_t=200, reduction_factor=2)
+    # The first cut comes after a real epoch: unit 1 is lr_find (no valid loss) unless the trials
+    # have a rate (then they sweep nothing).
+    swept = cfg.recipe.lr is None and "lr" not in space
+    scheduler = ASHAScheduler(metric="valid_loss", mode="min", time_attr="training_iteration",
+                              grace_period=2 if swept else 1, max_t=200, reduction_factor=2)
     # The trial function only drives its TorchTrainer: its Train workers hold the CPUs. What it
     # does hold is a process's heap (torch and Ray imported, the trial's bookkeeping).
     trainable = tune.with_resources(trial_fn, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
@@ -151,7 +154,7 @@ def write_tune_outputs(cfg: TuneConfig, grid, space: dict) -> int:
             # report can be lost when the sweep's driver dies).
             final = json.loads(storage.read_text(final_uri))
             row.update(valid_loss=final["valid_loss"], accuracy=final["valid_accuracy"], status="completed",
-                       units_done=len(plan(recipe)))
+                       units_done=len(plan(recipe, sweep_given_lr=False)))
         if isinstance(row["valid_loss"], float) and not math.isfinite(row["valid_loss"]):
             row["valid_loss"] = None
         row["_recipe"] = values

@@ -40,6 +40,23 @@ def test_plan_lists_every_unit():
     assert plan(recipe(), only_lr_find=True) == [("lr_find", 0)]
 
 
+def test_a_given_rate_skips_the_sweeps_only_where_asked_and_every_stage_trains_at_it():
+    """tune's trials (sweep_given_lr=False) have their rate: no lr_find units, the rate in every
+    stage. `raycat train --lr` still sweeps (its curve is an output); no rate always sweeps."""
+    assert plan(recipe(), sweep_given_lr=False) == [("precompute", 0), ("head", 0), ("unfrozen", 0), ("unfrozen", 1),
+                                                    ("unfrozen", 2)]
+    assert plan(recipe(lr=None), sweep_given_lr=False) == plan(recipe(lr=None))
+    assert plan(recipe(), only_lr_find=True, sweep_given_lr=False) == [("lr_find", 0)]
+    r = recipe(precompute_epochs=0, unfrozen_cycles=1, lr=0.02)
+    model, data = setup()
+    saved = []
+    state = run(r, model, data, LocalComm(), torch.device("cpu"), None,
+                lambda s: saved.append(RecipeState.from_dict(s.to_dict())), log=lambda s: None, sweep_given_lr=False)
+    assert state.lr_finds == {} and [h["stage"] for h in state.history] == ["head", "unfrozen"]
+    assert state.base_lr == state.unfrozen_lr == 0.02 and [h["lr"] for h in state.history] == [0.02, 0.02]
+    assert [s.units_done for s in saved] == [1, 2]  # a checkpoint after each epoch, none for a sweep
+
+
 def test_from_scratch_skips_the_frozen_stages_and_uses_one_rate():
     r = recipe(weights="none", precompute_epochs=None, head_cycles=None, lr_mult=None)
     assert plan(r) == [("lr_find", 0), ("unfrozen", 0), ("unfrozen", 1), ("unfrozen", 2)]

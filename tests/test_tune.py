@@ -116,6 +116,8 @@ def test_sweep_resumes_after_the_driver_dies_and_asha_stops_the_bad_lr(ray_local
     for t in trials:  # trials never share files: each wrote under its own folder
         if t["status"] == "completed":
             assert os.path.exists(out / "trials" / t["trial_id"] / "model" / "weights.pt")
+            # each trial has its rate: no lr_find sweep ran, so it drew no curve
+            assert not os.path.exists(out / "trials" / t["trial_id"] / "lr_find.csv")
             m = json.load(open(out / "trials" / t["trial_id"] / "metrics.json"))
             assert (m["n_train"], m["n_valid"]) == (30, 12)  # the labels file's split
     assert (out / "model" / "weights.pt").exists() and (out / "trials.png").exists()

@@ -75,15 +75,20 @@ class RecipeState:
         return cls(**{k: v for k, v in d.items() if k != "stage_best"})
 
 
-def plan(recipe: Recipe, only_lr_find: bool = False) -> list[tuple[str, int]]:
-    """The run as (unit, epoch-in-stage) pairs."""
+def plan(recipe: Recipe, only_lr_find: bool = False, sweep_given_lr: bool = True) -> list[tuple[str, int]]:
+    """The run as (unit, epoch-in-stage) pairs.
+
+    With `sweep_given_lr` False, a recipe whose --lr is given has no lr_find units: its sweeps
+    would only draw a curve. `raycat train` keeps them (the contract's lr_find.csv and .png); a
+    tune trial whose rate was sampled has no use for them, and each costs an epoch or more."""
     r = recipe.resolved()
-    units = [("lr_find", 0)]
+    sweeps = only_lr_find or sweep_given_lr or r.lr is None
+    units = [("lr_find", 0)] if sweeps else []
     if only_lr_find:
         return units
     units += [("precompute", e) for e in range(r.precompute_epochs)]
     units += [("head", e) for e in range(r.head_cycles)]
-    if r.frozen_stages:
+    if r.frozen_stages and sweeps:
         units += [("lr_find_unfrozen", 0)]
     units += [("unfrozen", e) for e in range(total_epochs(r.cycle_len, r.cycle_mult, r.unfrozen_cycles))]
     return units
@@ -102,7 +107,7 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
         state: RecipeState | None = None, checkpoint: Callable[[RecipeState], None] = lambda s: None,
         log: Callable[[str], None] = print, only_lr_find: bool = False, precision: str = "fp32",
         on_step: Callable[[str, int, int], None] | None = None, top: int = 16,
-        loss_weight: float = 1.0) -> RecipeState:
+        loss_weight: float = 1.0, sweep_given_lr: bool = True) -> RecipeState:
     """Run the recipe's units not yet in `state` on this worker, checkpointing after each. The
     final state names the `top` valid images worth a look (by index in the gathered valid set)."""
     r = recipe.resolved()
@@ -113,7 +118,9 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
     optim = Optim(r.momentum, r.weight_decay, r.nesterov, r.label_smoothing)
     loop = Loop(model, data, comm, device, precision, AugmentSpec(r.aug, r.max_zoom), optim, r.batch_size, log,
                 on_step if comm.rank == 0 else None, loss_weight, r.bn_images)
-    units = plan(r, only_lr_find)
+    units = plan(r, only_lr_find, sweep_given_lr)
+    if ("lr_find", 0) not in units:  # no sweep: the given rate is every stage's
+        state.base_lr = state.unfrozen_lr = r.lr
     if state.units_done >= len(units):
         checkpoint(state)  # nothing left to run: report the final state again for whoever listens
         return state
