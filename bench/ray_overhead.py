@@ -27,11 +27,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from procs import cpu_and_cmd, descendants  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 from raycat.datasets import make_shapes_dataset  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 # Ray's own processes, by what their command line holds (first match wins); the names are the
 # process titles `ps` shows for a raycat train on Ray 2.60 (its agents and actors are titled
 # ray::<class>). Everything else in the run (the driver, the Train worker, Ray Data's read tasks)
@@ -61,35 +61,6 @@ GROUPS = [
 SYSTEM = {g for g, _ in GROUPS}
 
 
-def descendants(root: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            kids.setdefault(ppid, []).append(int(d))
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += kids.get(p, [])
-    return out
-
-
-def cpu_and_cmd(pid: int) -> tuple[float, str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / TICK, cmd
-
-
 def group_of(cmd: str) -> str:
     for name, needle in GROUPS:
         if needle in cmd:
@@ -108,7 +79,7 @@ class Sampler(threading.Thread):
         while not self.stop.is_set():
             now = time.time()
             snap = {}
-            mine = set(descendants(self.root))
+            mine = set(descendants(self.root, include_root=True))
             # Ray's daemons (GCS, raylet, the dashboard) are reparented away from the command, so
             # they are taken by their command lines from every process (the bench runs alone).
             for pid in (int(d) for d in os.listdir("/proc") if d.isdigit()):

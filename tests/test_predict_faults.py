@@ -17,8 +17,9 @@ import pyarrow.dataset as pads
 import pytest
 from images import awkward_good_files, bad_files, encode
 from PIL import Image
+from procs import cmdline, descendants
 from results import write_random_model as write_model
-from test_reliability import cmdline, descendants, png_header_only
+from test_reliability import png_header_only
 
 from raycat import storage
 from raycat.cli import main

@@ -25,25 +25,15 @@ def test_a_local_instance_is_lean_unless_verbose_or_full_ray_is_asked():
 
 
 PROBE = """
-import json, os
+import json, os, sys
+sys.path.insert(0, {bench!r})
+from procs import cmdline, descendants
 from raycat import ray_session
 ray_session.connect(None)
 import ray._common.usage.usage_lib as usage
-mine = {os.getpid()}
-procs = {}
-for d in os.listdir("/proc"):
-    if d.isdigit():
-        try:
-            ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
-            procs[int(d)] = (ppid, open(f"/proc/{d}/cmdline", "rb").read().replace(b"\\0", b" ").decode())
-        except OSError:
-            pass
-grew = True
-while grew:
-    new = {p for p, (pp, _) in procs.items() if pp in mine} - mine
-    grew, mine = bool(new), mine | new
-print(json.dumps({"usage_stats": usage.usage_stats_enabled(), "cmds": [procs[p][1] for p in mine if p in procs]}))
-"""
+cmds = [cmdline(p) for p in descendants(os.getpid())]
+print(json.dumps({{"usage_stats": usage.usage_stats_enabled(), "cmds": cmds}}))
+""".format(bench=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))  # noqa: E501
 
 
 @pytest.mark.integration

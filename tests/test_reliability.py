@@ -9,36 +9,10 @@ import time
 import zlib
 
 import pytest
+from procs import cmdline, descendants  # bench/procs.py (conftest puts bench/ on the path)
 
 from raycat.core.decode import DecodeError, load_image
 from raycat.layout import scan_layout
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (from /proc), so a test touches only the Ray it started itself."""
-    parent = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    out, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        out += kids
-        frontier += kids
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def png_header_only(width: int, height: int) -> bytes:
