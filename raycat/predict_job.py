@@ -175,7 +175,7 @@ def shard_dataset(units: list[dict], source):
     listed = ray.data.from_items(units, override_num_blocks=len(units))
     listed.context.target_max_block_size = SHARD_BLOCK_BYTES
     return listed.flat_map(listing.list_unit, fn_kwargs={"source": source}, num_cpus=0,
-                           compute=ray.data.TaskPoolStrategy(size=max(1, min(len(units), 8))))
+                           compute=ray.data.TaskPoolStrategy(size=listing.listing_tasks(len(units), source.images)))
 
 
 def write_predict_outputs(cfg: PredictConfig, folder: str, card, run: str, tally: Tally, t0: float,

@@ -246,3 +246,12 @@ def test_ranges_go_through_ray_data_as_predict_lists_them(ray_local, tmp_path, m
     want = sorted(listing.shard_of(r)[:3] for u in units for r in listing.list_unit(u, source))
     assert got == want and sum(len(p) for _, p, _ in got) == 3010
     assert {y for _, _, ys in got for y in ys} == {0, -1}  # dog/ labelled, the flat images not
+
+
+def test_a_local_folder_is_listed_by_two_tasks_at_most_object_storage_by_eight():
+    """Each listing task is a worker process to start: a local listing, fast, needs few; S3's waits on
+    requests, so more run side by side."""
+    from raycat.listing import listing_tasks
+
+    assert [listing_tasks(n, "/data/images") for n in (1, 2, 10)] == [1, 2, 2]
+    assert [listing_tasks(n, "s3://b/images") for n in (1, 5, 10)] == [1, 5, 8]
