@@ -40,6 +40,7 @@ class Relay:
         self.tty = self.out.isatty()
         self._stop = threading.Event()
         self._progress_shown = False
+        self._told: set[int] = set()  # epoch indices passed to on_epoch by this command
         # The Train worker groups this command ran, as group_watch.GroupWatch reported them: their
         # size, why each started, when, and the index of the first epoch each one ended.
         self.groups: list[dict] = []
@@ -53,8 +54,15 @@ class Relay:
             return
         if kind == "epoch":
             # The worker numbers the rows: a resumed run's first row is not this relay's first.
-            index, row = text
-            if self.groups and self.groups[-1]["from_epoch"] is None:
+            # A group that starts from a checkpoint re-tells the checkpoint's rows ("again"): a
+            # command that resumes a killed one may never have seen them (the killed driver can die
+            # after Ray Train registered an epoch and before its row came through this queue). They
+            # reach the tracker once per command and don't mark where a group began training.
+            index, row, again = text
+            if again and index in self._told:
+                return
+            self._told.add(index)
+            if not again and self.groups and self.groups[-1]["from_epoch"] is None:
                 self.groups[-1]["from_epoch"] = index
             if self.on_epoch is not None:
                 try:
@@ -115,7 +123,8 @@ class Relay:
 
 def sender(queue) -> tuple[Callable[[str], None], Callable[[str], None], Callable[[int, dict], None]]:
     """A worker's (log line, progress line, epoch row) functions for a relay's queue; none blocks.
-    An epoch row goes with its index in the run's history: `epoch_row(index, row)`."""
+    An epoch row goes with its index in the run's history: `epoch_row(index, row, again=False)`,
+    `again` for a row of the checkpoint a group started from (trained before, told again)."""
 
     def send(kind: str, item) -> None:
         try:
@@ -124,7 +133,7 @@ def sender(queue) -> tuple[Callable[[str], None], Callable[[str], None], Callabl
             pass
 
     return ((lambda text: send("line", text)), (lambda text: send("progress", text)),
-            (lambda index, row: send("epoch", (index, row))))
+            (lambda index, row, again=False: send("epoch", (index, row, again))))
 
 
 def throttled(progress: Callable[[str], None], every_s: float = PROGRESS_EVERY_S) -> Callable[[str, int, int], None]:

@@ -343,7 +343,11 @@ def train_loop(plan: WorkerPlan) -> None:
         log, progress, epoch_row = console.sender(plan.console)
     else:
         log, progress, epoch_row = (print if rank == 0 else (lambda _: None)), (lambda _: None), (lambda *_: None)
-    sent = [len(state.history)]  # epochs already told (a resumed run told the earlier ones before)
+    # The checkpoint's epochs were told before, but maybe not to this command's driver: told again,
+    # flagged so, the relay passes each to the tracker once (console.Relay).
+    for i, row in enumerate(state.history if previous else []):
+        epoch_row(i, row, True)
+    sent = [len(state.history)]
 
     def checkpoint_and_tell(s: RecipeState) -> None:
         for i in range(sent[0], len(s.history)):

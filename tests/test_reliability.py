@@ -113,15 +113,13 @@ def test_a_killed_worker_is_replaced_and_a_killed_driver_is_resumed_by_the_same_
         assert float(new["seconds"]) == pytest.approx(old["seconds"], abs=1e-6)
         assert float(new["train_loss"]) == pytest.approx(old["train_loss"], abs=1e-9)
 
-    # TensorBoard's steps are the epochs' indices in the run: the resumed command's series go on
-    # where the killed one's registered checkpoint stopped, not from 0.
+    # TensorBoard's steps are the epochs' indices in the run. The resumed command's tracker gets the
+    # whole series: the checkpoint's epochs again (the killed driver may have died after Ray Train
+    # registered an epoch and before its row reached the tracker), then the epochs it trained.
     from test_tracking import scalars
 
-    # (Epochs the killed worker's group had logged past its registered checkpoint are trained and
-    # logged again before the driver dies: those steps repeat, as the epochs did.)
     steps = [s for s, _ in scalars(str(out / "tensorboard"))["valid_loss"]]
-    n = len(before.history)
-    assert steps[-(5 - n):] == list(range(n, 5)) and set(steps) == set(range(5)), steps
+    assert steps[-5:] == list(range(5)), steps
 
     # Finished: the next run with this OUT will be a new one (test_resume.py covers that step).
     assert json.load(open(run_dir / "raycat_run.json"))["finished"] is True

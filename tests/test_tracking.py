@@ -200,9 +200,11 @@ def test_a_fit_that_fails_after_its_mlflow_run_started_ends_it_failed(ray_local,
 
 @pytest.mark.integration
 def test_epochs_are_numbered_by_their_index_in_the_run_s_history(ray_local):
-    """A resumed run's worker tells only the epochs after those its checkpoint holds; each comes
-    with its index in the history, the step a tracker logs it at, so the series go on from the
-    earlier run's instead of starting again at 0."""
+    """Each epoch comes with its index in the history, the step a tracker logs it at, so a resumed
+    run's series go on from the earlier run's instead of starting again at 0. A group that starts
+    from a checkpoint tells its epochs again, flagged so: a resumed command's tracker gets them (the
+    killed driver may have died before their rows reached it), but only once per command, and they
+    don't count as the epochs the group trained."""
     import io
 
     from raycat import console
@@ -210,10 +212,18 @@ def test_epochs_are_numbered_by_their_index_in_the_run_s_history(ray_local):
     seen = []
     relay = console.Relay(out=io.StringIO(), on_epoch=lambda row, i: seen.append((row["epoch"], i)))
     _, _, epoch_row = console.sender(relay.queue)
-    for i in (3, 4):  # the run resumed after 3 epochs
-        epoch_row(i, {"stage": "unfrozen", "epoch": i - 1})
+    relay.queue.put(("group", {"workers": 2, "reason": "start", "at": 0.0}))
+    for i in range(3):  # the command resumed a run whose checkpoint holds 3 epochs
+        epoch_row(i, {"stage": "unfrozen", "epoch": i}, True)
+    for i in (3, 4):
+        epoch_row(i, {"stage": "unfrozen", "epoch": i})
+    relay.queue.put(("group", {"workers": 1, "reason": "a node was lost", "at": 1.0}))
+    for i in range(4):  # the next group starts from the checkpoint of epoch 4 ...
+        epoch_row(i, {"stage": "unfrozen", "epoch": i}, True)
+    epoch_row(4, {"stage": "unfrozen", "epoch": 4})  # ... and trains epoch 5 again
     relay.close()
-    assert seen == [(2, 3), (3, 4)]
+    assert seen == [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (4, 4)]
+    assert [g["from_epoch"] for g in relay.groups] == [3, 4]
     # close() wakes the relay's thread (its get waits up to 30 s for a line) behind what is queued
     assert not relay._thread.is_alive()
 
