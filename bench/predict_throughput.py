@@ -7,6 +7,8 @@ batches of 128 on all cores (torch's threads); it writes the same columns (path,
 prediction, confidence, p_<class>) to one Parquet file. raycat's figure is the whole command
 (listing, decoding, scoring, Parquet parts, summary files) joining a Ray instance started before it
 (Ray's start is reported apart, as a cluster's is already up). Median of --runs runs each.
+`--ray full` (the default) starts that instance with Ray's defaults, as a cluster's head runs;
+`--ray lean` as `raycat predict` starts one by itself on one machine.
 
 --source picks the images: `synthetic` (the default: 160x120 JPEGs of drawn shapes), `fmnist`
 (Fashion-MNIST's 28x28 PNGs, 40,000 by default: thumbnails, where per-file costs dominate; needs
@@ -14,7 +16,7 @@ apt-get install dataset-fashion-mnist) or `photos` (the ants/bees camera JPEGs, 
 wide, repeated to 20,000 by default; bench/real_photos.py extracts them). Each writes its own
 section of RESULTS.md.
 
-usage: python bench/predict_throughput.py [--source S] [--images N] [--size S] [--runs R]
+usage: python bench/predict_throughput.py [--source S] [--ray full|lean] [--images N] [--size S] [--runs R]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from results import machine, write_random_model, write_section  # noqa: E402
 
 from raycat.datasets import SHAPES, draw_shape  # noqa: E402
+from raycat.ray_session import LEAN_ENV  # noqa: E402
 
 CLASSES = list(SHAPES[:4])
 BATCH = 128
@@ -145,6 +148,7 @@ def main() -> None:
     ap.add_argument("--images", type=int)
     ap.add_argument("--size", type=int)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--ray", choices=("full", "lean"), default="full")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     n_default, size_default, section, what = SOURCES[args.source]
@@ -165,9 +169,13 @@ def main() -> None:
         t = time.perf_counter()
         # `ray start` turns token auth on (Ray 2.60's default); the commands that join it need to know.
         os.environ["RAY_AUTH_MODE"] = "token"
+        # --ray lean: the instance `raycat predict` starts by itself on one machine (ray_session's
+        # LEAN_ENV, no dashboard); full: Ray's defaults, as on a cluster's head node.
+        lean_env = {**os.environ, **(LEAN_ENV if args.ray == "lean" else {})}
         head = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head",
-                               f"--num-cpus={os.cpu_count()}", "--include-dashboard=true", "--disable-usage-stats",
-                               f"--temp-dir={tmp}/ray"], capture_output=True, text=True, check=True)
+                               f"--num-cpus={os.cpu_count()}", f"--include-dashboard={args.ray == 'full'}",
+                               "--disable-usage-stats", f"--temp-dir={tmp}/ray"], capture_output=True, text=True,
+                              check=True, env=lean_env)
         ray_start = time.perf_counter() - t
         address = re.search(r"ray start --address='([^']+)'", head.stdout).group(1)
         ours = [raycat_predict(model, images, os.path.join(tmp, f"ray{i}"), address, 0) for i in range(args.runs)]
@@ -184,12 +192,17 @@ def main() -> None:
     fixed = statistics.median(f for _, f in ours)
     tta_row = (f"| raycat predict --tta 4 (one run) | {n / tta4[0]:.1f} | {n / tta4[0] / b:.2f}x |\n"
                if tta4 else "")
-    title = "" if args.source == "synthetic" else f" --source {args.source}"
+    title = ("" if args.source == "synthetic" else f" --source {args.source}") + \
+        (" --ray lean" if args.ray == "lean" else "")
+    ray_kind = ("a lean one, as `raycat predict` starts by itself on one machine (no dashboard, metrics "
+                "or usage report)" if args.ray == "lean" else "Ray's defaults (dashboard, metrics), as on a "
+                "cluster's head node")
+    section += "_lean" if args.ray == "lean" else ""
     body = f"""## Predict throughput (`bench/predict_throughput.py{title}`)
 
 {n:,} {what} -> {args.size} px, resnet18, batch {BATCH}, {os.cpu_count()} cores; median of {args.runs} runs.
 raycat's time is the whole command (listing, decode, scoring, Parquet, summaries), one scoring actor
-with all cores, on a Ray instance already up (its start, {ray_start:.1f} s, is not counted).
+with all cores, on a Ray instance already up (its start, {ray_start:.1f} s, is not counted): {ray_kind}.
 Machine: {machine()}.
 
 | run | img/s (whole command) | vs plain loop |
