@@ -8,8 +8,9 @@
   `pip install 'raycat[mlflow]'`.
 - tensorboard: event files under OUT/tensorboard/ (tensorboardX, which Ray installs), one scalar
   series per column of the epoch table, stepped by the epoch's index in the run's history (a
-  resumed command logs its checkpoint's epochs again, at the same steps, then goes on). Tune sweeps get Ray's TBXLoggerCallback's files
-  under OUT/tune/<trial>/ with `--tracking tensorboard`, and none otherwise.
+  resumed command logs its checkpoint's epochs again, at the same steps, then goes on). Tune
+  sweeps get Ray's TBXLoggerCallback's files under OUT/tune/<trial>/ with `--tracking
+  tensorboard`, and none otherwise.
 
 The driver does the logging: epoch rows reach it through console.Relay, so workers need no
 tracking client and no credentials.

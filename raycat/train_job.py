@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from raycat import grids, model_card, outputs, resume, storage
 from raycat.config import LrFindConfig, TrainConfig
+from raycat.core.recipe import SWEEP_ALWAYS, SWEEP_ONLY
 from raycat.errors import BadInput
 from raycat.layout import scan_layout
 from raycat.train_worker import WorkerResult
@@ -77,14 +78,14 @@ def run_config(out: str, name: str, callbacks=None):
     )
 
 
-def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable: bool = True,
-        on_epoch=None, on_ready=None, start=None, sweep_given_lr: bool = True) -> FitResult:
+def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable: bool = True,
+        on_epoch=None, on_ready=None, start=None) -> FitResult:
     """Everything up to the final checkpoint. Inputs, OUT and --weights are checked before any
     cluster time is spent. `resumable=False` (tune's trials) leaves resuming to Tune. `on_epoch(row,
     i)` sees each epoch's row as it ends, `i` its index in the run's history (a tracker);
     `on_ready()` is called once the inputs are checked, before Ray (a tracker starts its run).
     `start` (a RecipeState) is where a run without a checkpoint begins (lr_find_done).
-    `sweep_given_lr=False` skips the lr_find sweeps when --lr is given (core.recipe.plan)."""
+    `sweeps` says which lr_find sweeps the run has (core.recipe.plan)."""
     started_at = time.time()
     recipe, res = cfg.recipe.resolved(), cfg.resources
     layout = scan_layout(cfg.data, cfg.labels, cfg.valid_pct, recipe.seed)
@@ -101,7 +102,7 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
     if len(layout.train) < hi:
         raise InputError(f"--workers {res.workers}: more workers than training images ({len(layout.train)})")
     recipe = dataclasses.replace(recipe, batch_size=recipe.batch_for(len(layout.train), hi))
-    name = "lr_find" if only_lr_find else "train"
+    name = "lr_find" if sweeps == SWEEP_ONLY else "train"
     split = resume.split_digest(layout)
     if weights_note:
         print(f"raycat {name}: {weights_note}")
@@ -146,7 +147,7 @@ def fit(cfg: TrainConfig, only_lr_find: bool = False, callbacks=None, resumable:
                       steps_per_epoch=steps_per_epoch(len(layout.train), hi, recipe.batch_size),
                       global_batch=recipe.batch_size * hi,
                       gpu=res.gpu, cache=cache, cpus=cpus, precision=recipe.precision, valid=valid,
-                      only_lr_find=only_lr_find, sweep_given_lr=sweep_given_lr, top=cfg.top,
+                      sweeps=sweeps, top=cfg.top,
                       keep_dir=keep_dir_for(cfg.out, split, recipe.size) if res.elastic and cache else None,
                       start=ray.put(start) if start is not None else None)
     relay = console.Relay(on_epoch=on_epoch)
@@ -296,7 +297,7 @@ def run_train(cfg: TrainConfig, start=None) -> int:
 
 def run_lr_find(cfg: LrFindConfig, keep: list | None = None) -> int:
     """`raycat lr-find`; `keep` (a list) gets the run's FitResult (the demo's train starts from it)."""
-    fitted = fit(cfg.as_train(), only_lr_find=True)
+    fitted = fit(cfg.as_train(), sweeps=SWEEP_ONLY)
     if keep is not None:
         keep.append(fitted)
     found = fitted.result.state.lr_finds["lr_find"]

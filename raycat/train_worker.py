@@ -26,7 +26,7 @@ from raycat.config import Recipe
 from raycat.core.data import Batch, batch_share, index_batches, loss_weight
 from raycat.core.decode import decode_batch
 from raycat.core.device import to_device
-from raycat.core.recipe import RecipeState
+from raycat.core.recipe import SWEEP_ALWAYS, RecipeState
 from raycat.pipeline import good_rows
 
 STATE_FILE = "recipe_state.pt"
@@ -47,8 +47,7 @@ class WorkerPlan:
     cpus: int  # CPUs this worker reserved: its torch and decode threads
     precision: str  # auto | fp32 | bf16
     valid: dict = field(default_factory=dict)  # group size -> one Ray dataset of valid files per rank
-    only_lr_find: bool = False
-    sweep_given_lr: bool = True  # False: no lr_find when --lr is given (core.recipe.plan)
+    sweeps: str = SWEEP_ALWAYS  # which lr_find sweeps the run has (core.recipe.plan)
     keep_dir: str | None = None  # node-local folder for decoded images across groups (an elastic run)
     start: object = None  # ObjectRef of a RecipeState to start from when there is no checkpoint (or None)
     top: int = 16  # images in each grid of the valid images worth a look
@@ -355,9 +354,9 @@ def train_loop(plan: WorkerPlan) -> None:
         sent[0] = len(s.history)
         checkpoint(s)
 
-    core_recipe.run(r, model, data, comm, device, state, checkpoint_and_tell, log, plan.only_lr_find,
+    core_recipe.run(r, model, data, comm, device, state, checkpoint_and_tell, log, plan.sweeps,
                     resolve_precision(r.precision, device), console.throttled(progress), plan.top,
-                    loss_weight(plan.global_batch, world, rank), plan.sweep_given_lr)
+                    loss_weight(plan.global_batch, world, rank))
 
 
 def _named_grids(final: dict, paths_by_rank: list[list[str]], classes: list[str]) -> dict[str, list] | None:

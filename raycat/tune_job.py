@@ -15,12 +15,13 @@ import math
 
 from raycat import outputs, plots, storage
 from raycat.config import Recipe, TuneConfig, to_dict
-from raycat.core.recipe import plan
+from raycat.core.recipe import SWEEP_UNLESS_LR, plan, sweeps_for
 from raycat.layout import scan_layout
 from raycat.search_space import load_space, n_trials, to_tune
 
 TRIAL_COLUMNS_TAIL = ["valid_loss", "accuracy", "units_done", "status"]
 TRIAL_DRIVER_MEMORY = 512 << 20  # bytes: a trial's own process, besides its Train workers
+TRIAL_SWEEPS = SWEEP_UNLESS_LR  # a trial with a rate (sampled or fixed) runs no lr_find sweep
 
 
 def trial_recipe(config: dict) -> Recipe:
@@ -39,7 +40,7 @@ def trial_fn(config: dict) -> None:
     sweep: TuneConfig = config["_sweep"]
     cfg = sweep.trial(trial_recipe(config), storage.join(sweep.out, "trials", trial_id))
     # A trial with a rate (sampled, or the sweep's --lr) skips lr_find: its curves would be unused.
-    fitted = fit(cfg, callbacks=[TuneReportCallback()], resumable=False, sweep_given_lr=False)
+    fitted = fit(cfg, callbacks=[TuneReportCallback()], resumable=False, sweeps=TRIAL_SWEEPS)
     write_train_outputs(cfg, fitted, {"trial_id": trial_id})
 
 
@@ -71,7 +72,7 @@ def trial_status(result, recipe: Recipe) -> str:
     if result.error is not None:
         return "error"
     done = (result.metrics or {}).get("units_done", 0)
-    return "completed" if done >= len(plan(recipe, sweep_given_lr=False)) else "early_stopped"
+    return "completed" if done >= len(plan(recipe, TRIAL_SWEEPS)) else "early_stopped"
 
 
 def run_tune(cfg: TuneConfig) -> int:
@@ -107,7 +108,7 @@ def run_tune(cfg: TuneConfig) -> int:
     param_space = {**to_tune(space), "_recipe": to_dict(cfg.recipe), "_sweep": sweep}
     # The first cut comes after a real epoch: unit 1 is lr_find (no valid loss) unless the trials
     # have a rate (then they sweep nothing).
-    swept = cfg.recipe.lr is None and "lr" not in space
+    swept = sweeps_for(TRIAL_SWEEPS, cfg.recipe.lr is not None or "lr" in space)
     scheduler = ASHAScheduler(metric="valid_loss", mode="min", time_attr="training_iteration",
                               grace_period=2 if swept else 1, max_t=200, reduction_factor=2)
     # The trial function only drives its TorchTrainer: its Train workers hold the CPUs. What it
@@ -154,7 +155,7 @@ def write_tune_outputs(cfg: TuneConfig, grid, space: dict) -> int:
             # report can be lost when the sweep's driver dies).
             final = json.loads(storage.read_text(final_uri))
             row.update(valid_loss=final["valid_loss"], accuracy=final["valid_accuracy"], status="completed",
-                       units_done=len(plan(recipe, sweep_given_lr=False)))
+                       units_done=len(plan(recipe, TRIAL_SWEEPS)))
         if isinstance(row["valid_loss"], float) and not math.isfinite(row["valid_loss"]):
             row["valid_loss"] = None
         row["_recipe"] = values

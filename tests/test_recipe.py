@@ -9,7 +9,7 @@ from raycat.config import Recipe
 from raycat.core.comm import LocalComm
 from raycat.core.data import TensorData, index_batches
 from raycat.core.model import create_model
-from raycat.core.recipe import RecipeState, plan, run
+from raycat.core.recipe import SWEEP_ONLY, SWEEP_UNLESS_LR, RecipeState, plan, run
 
 
 def recipe(**kw):
@@ -37,21 +37,23 @@ def go(r, model, data, state=None, saved=None):
 def test_plan_lists_every_unit():
     assert plan(recipe()) == [("lr_find", 0), ("precompute", 0), ("head", 0), ("lr_find_unfrozen", 0),
                               ("unfrozen", 0), ("unfrozen", 1), ("unfrozen", 2)]
-    assert plan(recipe(), only_lr_find=True) == [("lr_find", 0)]
+    assert plan(recipe(), SWEEP_ONLY) == [("lr_find", 0)]
 
 
 def test_a_given_rate_skips_the_sweeps_only_where_asked_and_every_stage_trains_at_it():
-    """tune's trials (sweep_given_lr=False) have their rate: no lr_find units, the rate in every
+    """tune's trials (SWEEP_UNLESS_LR) have their rate: no lr_find units, the rate in every
     stage. `raycat train --lr` still sweeps (its curve is an output); no rate always sweeps."""
-    assert plan(recipe(), sweep_given_lr=False) == [("precompute", 0), ("head", 0), ("unfrozen", 0), ("unfrozen", 1),
+    assert plan(recipe(), SWEEP_UNLESS_LR) == [("precompute", 0), ("head", 0), ("unfrozen", 0), ("unfrozen", 1),
                                                     ("unfrozen", 2)]
-    assert plan(recipe(lr=None), sweep_given_lr=False) == plan(recipe(lr=None))
-    assert plan(recipe(), only_lr_find=True, sweep_given_lr=False) == [("lr_find", 0)]
+    assert plan(recipe(lr=None), SWEEP_UNLESS_LR) == plan(recipe(lr=None))
+    assert plan(recipe(), SWEEP_ONLY) == [("lr_find", 0)]
+    with pytest.raises(ValueError, match="sweeps: 'sometimes'"):
+        plan(recipe(), "sometimes")
     r = recipe(precompute_epochs=0, unfrozen_cycles=1, lr=0.02)
     model, data = setup()
     saved = []
     state = run(r, model, data, LocalComm(), torch.device("cpu"), None,
-                lambda s: saved.append(RecipeState.from_dict(s.to_dict())), log=lambda s: None, sweep_given_lr=False)
+                lambda s: saved.append(RecipeState.from_dict(s.to_dict())), log=lambda s: None, sweeps=SWEEP_UNLESS_LR)
     assert state.lr_finds == {} and [h["stage"] for h in state.history] == ["head", "unfrozen"]
     assert state.base_lr == state.unfrozen_lr == 0.02 and [h["lr"] for h in state.history] == [0.02, 0.02]
     assert [s.units_done for s in saved] == [1, 2]  # a checkpoint after each epoch, none for a sweep
@@ -132,7 +134,7 @@ def test_a_run_started_from_an_lr_find_run_s_state_takes_its_sweep_and_does_not_
 
     r = recipe(weights="none", precompute_epochs=None, head_cycles=None, lr_mult=None, lr=None)
     model, data = setup()
-    swept = run(r, model, data, LocalComm(), torch.device("cpu"), only_lr_find=True, log=lambda s: None)
+    swept = run(r, model, data, LocalComm(), torch.device("cpu"), sweeps=SWEEP_ONLY, log=lambda s: None)
     assert swept.units_done == 1 and not swept.history
     lines = []
     torch.manual_seed(0)

@@ -75,20 +75,31 @@ class RecipeState:
         return cls(**{k: v for k, v in d.items() if k != "stage_best"})
 
 
-def plan(recipe: Recipe, only_lr_find: bool = False, sweep_given_lr: bool = True) -> list[tuple[str, int]]:
-    """The run as (unit, epoch-in-stage) pairs.
+# Which lr_find sweeps a run has (`sweeps`):
+SWEEP_ONLY = "only"  # `raycat lr-find`: the sweep and nothing else
+SWEEP_ALWAYS = "always"  # `raycat train`: its sweeps even with --lr (lr_find.csv and .png are outputs)
+SWEEP_UNLESS_LR = "unless_lr"  # tune's trials: a trial with its rate has no use for a curve
+SWEEP_MODES = (SWEEP_ONLY, SWEEP_ALWAYS, SWEEP_UNLESS_LR)
 
-    With `sweep_given_lr` False, a recipe whose --lr is given has no lr_find units: its sweeps
-    would only draw a curve. `raycat train` keeps them (the contract's lr_find.csv and .png); a
-    tune trial whose rate was sampled has no use for them, and each costs an epoch or more."""
+
+def sweeps_for(mode: str, lr_given: bool) -> bool:
+    """Whether a run in `mode` sweeps: every mode does, except SWEEP_UNLESS_LR with a rate given
+    (each sweep costs an epoch or more, to draw a curve the run would not use)."""
+    if mode not in SWEEP_MODES:
+        raise ValueError(f"sweeps: {mode!r} is not one of {', '.join(SWEEP_MODES)}")
+    return not (mode == SWEEP_UNLESS_LR and lr_given)
+
+
+def plan(recipe: Recipe, sweeps: str = SWEEP_ALWAYS) -> list[tuple[str, int]]:
+    """The run as (unit, epoch-in-stage) pairs, with the lr_find units `sweeps` asks for."""
     r = recipe.resolved()
-    sweeps = only_lr_find or sweep_given_lr or r.lr is None
-    units = [("lr_find", 0)] if sweeps else []
-    if only_lr_find:
+    swept = sweeps_for(sweeps, r.lr is not None)
+    units = [("lr_find", 0)] if swept else []
+    if sweeps == SWEEP_ONLY:
         return units
     units += [("precompute", e) for e in range(r.precompute_epochs)]
     units += [("head", e) for e in range(r.head_cycles)]
-    if r.frozen_stages and sweeps:
+    if r.frozen_stages and swept:
         units += [("lr_find_unfrozen", 0)]
     units += [("unfrozen", e) for e in range(total_epochs(r.cycle_len, r.cycle_mult, r.unfrozen_cycles))]
     return units
@@ -105,9 +116,9 @@ def table_row(row: dict) -> str:
 
 def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch.device,
         state: RecipeState | None = None, checkpoint: Callable[[RecipeState], None] = lambda s: None,
-        log: Callable[[str], None] = print, only_lr_find: bool = False, precision: str = "fp32",
+        log: Callable[[str], None] = print, sweeps: str = SWEEP_ALWAYS, precision: str = "fp32",
         on_step: Callable[[str, int, int], None] | None = None, top: int = 16,
-        loss_weight: float = 1.0, sweep_given_lr: bool = True) -> RecipeState:
+        loss_weight: float = 1.0) -> RecipeState:
     """Run the recipe's units not yet in `state` on this worker, checkpointing after each. The
     final state names the `top` valid images worth a look (by index in the gathered valid set)."""
     r = recipe.resolved()
@@ -118,7 +129,8 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
     optim = Optim(r.momentum, r.weight_decay, r.nesterov, r.label_smoothing)
     loop = Loop(model, data, comm, device, precision, AugmentSpec(r.aug, r.max_zoom), optim, r.batch_size, log,
                 on_step if comm.rank == 0 else None, loss_weight, r.bn_images)
-    units = plan(r, only_lr_find, sweep_given_lr)
+    units = plan(r, sweeps)
+    only_lr_find = sweeps == SWEEP_ONLY
     if ("lr_find", 0) not in units:  # no sweep: the given rate is every stage's
         state.base_lr = state.unfrozen_lr = r.lr
     if state.units_done >= len(units):
