@@ -109,7 +109,8 @@ class Recipe:
     label_smoothing: float = arg(0.0, "label smoothing of the training loss (0: none)")
     bn_images: int = arg(256, "BatchNorm's statistics re-estimated at the end of each epoch from up to this many of "
                          "its last training images, under its final weights (0: keep the running averages)")
-    precision: str = arg("auto", "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 (autocast)", choices=PRECISIONS)
+    precision: str = arg("auto", "auto (bf16 on GPU and on CPUs with AMX, else fp32) | fp32 | bf16 (autocast)",
+                         choices=PRECISIONS)
     tta: int = arg(4, "augmented views for TTA on the valid set at the end (0: none)")
 
     def __post_init__(self) -> None:
@@ -325,6 +326,8 @@ class PredictConfig:
     tta: int = arg(4, "augmented views averaged with the plain view (0: plain inference)")
     tta_beta: float = arg(0.25, "weight of the augmented views' mean against the plain view")
     batch_size: int = arg(64, "images per batch per scoring actor")
+    precision: str = arg("auto", "auto (bf16 on GPU and on CPUs with AMX, else fp32; each scoring actor decides on "
+                         "its node) | fp32 | bf16 (autocast)", choices=PRECISIONS)
     top: int = arg(16, "images in each grid of the images worth a look (top_losses.png, ...)")
     resources: Resources = part(Resources)
 
@@ -336,6 +339,8 @@ class PredictConfig:
         _non_negative(self, "tta", "top")
         _check(0 <= self.tta_beta <= 1, "tta_beta", f"must be in [0, 1], got {self.tta_beta}")
         _positive(self, "batch_size")
+        _check(self.precision in PRECISIONS, "precision",
+               f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass

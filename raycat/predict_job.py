@@ -58,6 +58,7 @@ class Tally:
     least_confident: list = field(default_factory=list)
     resumed_shards: int = 0  # scored by an earlier run that died, and not again
     resumed_images: int = 0
+    precisions: set[str] = field(default_factory=set)  # what the actors scored in (each resolves auto on its node)
     # {shard: digest of its images} for every shard this listing gave (a few thousand per million images)
     ids: dict[str, str] = field(default_factory=dict)
 
@@ -66,6 +67,7 @@ class Tally:
 
         self.shards += 1
         self.ids[s["shard"]] = s["digest"]
+        self.precisions.add(s.get("precision", "fp32"))  # summaries written before this key scored in fp32
         if s.get("resumed"):
             self.resumed_shards += 1
             self.resumed_images += s["n_scored"] + len(s["skipped"])
@@ -86,7 +88,7 @@ def run_settings(cfg: PredictConfig, model: str, card) -> dict:
     h = hashlib.sha256(storage.read_bytes(storage.join(model, model_card.WEIGHTS)))
     h.update(json.dumps({**card.to_json(), "exported": None}, sort_keys=True).encode())
     return {"model": model, "model_digest": h.hexdigest()[:16], "images": cfg.images[0], "tta": cfg.tta,
-            "tta_beta": cfg.tta_beta, "top": cfg.top}
+            "tta_beta": cfg.tta_beta, "top": cfg.top, "precision": cfg.precision}
 
 
 def prepare_run(run: str, settings: dict) -> set[str]:
@@ -135,7 +137,8 @@ def run_predict(cfg: PredictConfig) -> int:
     # Shards an earlier run scored still go to an actor, which reuses the summary when the shard
     # holds the same images (it has the paths; the driver never does) and scores it otherwise.
     spec = ScoringSpec(model=folder, card=card.to_json(), tta=cfg.tta, tta_beta=cfg.tta_beta,
-                       batch_size=cfg.batch_size, gpu=res.gpu, cpus=cpus, run=run, top=cfg.top, done=frozenset(done))
+                       batch_size=cfg.batch_size, gpu=res.gpu, cpus=cpus, run=run, top=cfg.top, done=frozenset(done),
+                       precision=cfg.precision)
     shards = shard_dataset(units, source)
     scored = shards.map_batches(Scorer, fn_constructor_kwargs={"spec": spec}, batch_size=1,
                                 compute=ray.data.ActorPoolStrategy(size=res.workers), num_cpus=cpus,
@@ -187,7 +190,8 @@ def write_predict_outputs(cfg: PredictConfig, folder: str, card, run: str, tally
     n_labelled = sum(map(sum, cm)) if cm else 0
     m = {"n_images": tally.n_images, "n_skipped": len(tally.skipped), "n_labelled": n_labelled,
          "n_shards": tally.shards, "resumed_shards": tally.resumed_shards, "resumed_images": tally.resumed_images,
-         "tta_views": cfg.tta, "tta_beta": cfg.tta_beta, "classes": classes,
+         "tta_views": cfg.tta, "tta_beta": cfg.tta_beta, "scoring_dtype": "+".join(sorted(tally.precisions)),
+         "classes": classes,
          "model": folder, "raycat_version": card.raycat_version}
 
     import torch
@@ -265,7 +269,7 @@ def predict_files(cfg: PredictConfig) -> int:
         raise PredictInputError(f"IMAGES {not_files[0]}: a folder or manifest needs --out (a batch job); without "
                                 "--out, name image files")
     device = pick_device(cfg.resources.gpu)
-    precision = resolve_precision("auto", device)
+    precision = resolve_precision(cfg.precision, device)
     model = model_card.load(folder, card).to(device)
     views = tta_views(card.augment_spec(), cfg.tta, torch.Generator().manual_seed(0))
 

@@ -37,6 +37,7 @@ class ScoringSpec:
     cpus: int
     run: str  # the run's staging folder (predict_job.py)
     top: int  # candidates each shard keeps for the top-losses and least-confident grids
+    precision: str = "auto"  # --precision, resolved by each actor on its own device
     done: frozenset = frozenset()  # shards an earlier run of the same settings wrote a summary for
 
 
@@ -69,7 +70,7 @@ class Scorer:
         self.spec = spec
         self.card = model_card.ModelCard.parse(spec.card, spec.model)
         self.device = pick_device(spec.gpu)
-        self.precision = resolve_precision("auto", self.device)
+        self.precision = resolve_precision(spec.precision, self.device)
         self.model = model_card.load(spec.model, self.card).to(self.device)
         # Threads that wait on storage (not counted in the reservation: they are idle while waiting),
         # and threads that decode (as many as the CPUs reserved).
@@ -135,6 +136,7 @@ class Scorer:
         look = metrics.worth_a_look(p, y, spec.top)
         summary = {
             "shard": shard, "digest": digest, "n_scored": len(kept_paths), "skipped": skipped,
+            "precision": self.precision,
             "cm": cm.tolist() if cm is not None else None,
             **{grid: metrics.name_rows(rows, kept_paths, classes) for grid, rows in look.items()},
         }

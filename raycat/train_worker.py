@@ -354,8 +354,11 @@ def train_loop(plan: WorkerPlan) -> None:
         sent[0] = len(s.history)
         checkpoint(s)
 
+    precision = resolve_precision(r.precision, device)
+    if rank == 0 and r.precision == "auto" and not previous:
+        log(f"precision auto: {precision} on this {device.type}")
     core_recipe.run(r, model, data, comm, device, state, checkpoint_and_tell, log, plan.sweeps,
-                    resolve_precision(r.precision, device), console.throttled(progress), plan.top,
+                    precision, console.throttled(progress), plan.top,
                     loss_weight(plan.global_batch, world, rank))
 
 
