@@ -10,6 +10,7 @@ machine within 30 minutes, and fastai's accuracy in at most 0.6x its wall time.
 fastai is never a raycat dependency: it goes into bench/.fastai only (see fastai_run below).
 
 usage: python bench/time_to_accuracy.py [--config FILE] [--workers N] [--fastai] [--fastai-epochs E]
+       python bench/time_to_accuracy.py --per-class 600 --epochs 3 --runs 3   (a subset, against fastai)
 """
 
 from __future__ import annotations
@@ -87,11 +88,11 @@ def timed_run(cmd: list[str], env: dict | None = None) -> tuple[list[tuple[float
 EPOCH_ROW = re.compile(r"(unfrozen|head|precompute)\s+(\d+)\s+\S+\s+\S+\s+\S+\s+([\d.]+)\s")
 
 
-def raycat_run(data: str, out: str, config: str, workers: int) -> dict:
+def raycat_run(data: str, out: str, config: str, workers: int, extra: tuple[str, ...] = ()) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONUNBUFFERED"] = "1"
     lines, wall, rc = timed_run([sys.executable, "-m", "raycat", "train", data, "--out", out, "--config", config,
-                                 "--workers", str(workers)], env)
+                                 "--workers", str(workers), *extra], env)
     if rc != 0:
         raise SystemExit(f"raycat train failed ({rc})")
     curve, seen = [], set()
@@ -129,6 +130,59 @@ print("RESULT", json.dumps({{"lr": lr, "valid_loss": float(v[0]), "accuracy": fl
     return {**result[0], "wall": wall, "epochs": epochs}
 
 
+def subset_against_fastai(args) -> None:
+    """The issue's comparison: --per-class images a class, --epochs epochs each, --runs runs of each
+    (alternating), whole commands. raycat: the Fashion-MNIST recipe with one cycle of --epochs.
+    Time to fastai's accuracy: when raycat's epoch row first reaches fastai's median accuracy."""
+    import shutil
+    import statistics
+
+    t = time.perf_counter()
+    data = export(os.path.join(args.out, f"data-{args.per_class}"), per_class=args.per_class)
+    export_s = time.perf_counter() - t
+    ours, theirs = [], []
+    e = str(args.epochs)
+    for i in range(args.runs):
+        out = os.path.join(args.out, f"run-{args.per_class}-{i}")
+        shutil.rmtree(out, ignore_errors=True)
+        ours.append(raycat_run(data, out, args.config, args.workers, ("--cycle-len", e, "--patience", e)))
+        theirs.append(fastai_run(data, args.epochs))
+    fa_acc = statistics.median(f["accuracy"] for f in theirs)
+    fa_wall = statistics.median(f["wall"] for f in theirs)
+    reach = [next((t for t, _, acc in r["curve"] if acc >= fa_acc), None) for r in ours]
+    got = [t for t in reach if t is not None]
+    med_reach = statistics.median(got) if len(got) == len(reach) else None
+    fixed = [(r["metrics"]["ray_start_seconds"], r["metrics"]["to_first_step_seconds"]) for r in ours]
+    rows = "\n".join(
+        f"| {i} | {r['metrics']['valid_accuracy']:.4f} | {r['wall']:.0f} | "
+        f"{'-' if t is None else f'{t:.0f}'} | {f['accuracy']:.4f} | {f['wall']:.0f} |"
+        for i, (r, t, f) in enumerate(zip(ours, reach, theirs, strict=True)))
+    ratio = f"**{med_reach / fa_wall:.2f}x**" if med_reach else "never (some run did not reach it)"
+    n, k = f"{10 * args.per_class:,}", args.per_class
+    body = f"""## Fashion-MNIST {n} against fastai (`bench/time_to_accuracy.py --per-class {k}`)
+
+{k} train images a class ({n}), the 10,000 test images as valid (PNG folders, exported in
+{export_s:.0f} s), {args.epochs} epochs each from scratch, whole commands, {args.runs} runs each, alternating. raycat:
+`raycat train DATA --config recipes/fashion_mnist.yaml --cycle-len {args.epochs} --patience {args.epochs}` (its own
+local Ray, its lr_find sweep, TTA and outputs included). fastai 2.8.12: lr_find (valley), then
+fit_one_cycle({args.epochs}), resnet18 pretrained=False, 28 px, batch 128, aug_transforms.
+Machine: {machine()}.
+
+| run | raycat accuracy | raycat wall s | raycat at fastai's median accuracy, s | fastai accuracy | fastai wall s |
+|---|---|---|---|---|---|
+{rows}
+
+fastai: median accuracy {fa_acc:.4f}, median wall {fa_wall:.0f} s. raycat: median accuracy
+{statistics.median(r['metrics']['valid_accuracy'] for r in ours):.4f}, median wall
+{statistics.median(r['wall'] for r in ours):.0f} s; it reached fastai's accuracy after {ratio} fastai's wall time
+(target: at most 0.6x). raycat's fixed costs (Ray start, then command to first step), each run:
+{', '.join(f'{a:.0f} s + {b:.0f} s' for a, b in fixed)}.
+"""
+    print(body)
+    if not args.no_write:
+        write_section(f"time_to_accuracy_{args.per_class}", body)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(HERE, "data", "fmnist"))
@@ -137,9 +191,14 @@ def main() -> None:
     ap.add_argument("--fastai", action="store_true", help=f"also run fastai 2.8 (install: {FASTAI_INSTALL})")
     ap.add_argument("--fastai-epochs", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--per-class", type=int, help="a subset of this many train images a class, against fastai")
+    ap.add_argument("--epochs", type=int, default=3, help="with --per-class: epochs for both")
+    ap.add_argument("--runs", type=int, default=3, help="with --per-class: runs of each")
     args = ap.parse_args()
     if not os.path.isdir(IDX):
         sys.exit(f"{IDX} not found: apt-get install dataset-fashion-mnist")
+    if args.per_class:
+        return subset_against_fastai(args)
     t = time.perf_counter()
     data = export(os.path.join(args.out, "data"))
     export_s = time.perf_counter() - t
