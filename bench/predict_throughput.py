@@ -101,7 +101,9 @@ SOURCES = {  # --source: (default images, default size, section, what the images
 }
 
 
-def plain_loop(model_dir: str, images: str, out: str) -> float:
+def plain_loop(model_dir: str, images: str, out: str, precision: str = "fp32") -> float:
+    """The loop a user would write; with `precision` bf16, the same autocast and channels_last raycat
+    runs (the same numeric work on both sides)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
@@ -109,18 +111,23 @@ def plain_loop(model_dir: str, images: str, out: str) -> float:
     from raycat import model_card
     from raycat.core.augment import normalize
     from raycat.core.decode import decode_one
+    from raycat.core.device import autocast, memory_format
 
     t = time.perf_counter()
     torch.set_num_threads(os.cpu_count() or 1)
     folder, card = model_card.find(model_dir)
-    model = model_card.load(folder, card)
+    cpu = torch.device("cpu")
+    fmt = memory_format(cpu, precision)
+    model = model_card.load(folder, card).to(memory_format=fmt)
     paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(images) for f in fs)
     labels = [os.path.basename(os.path.dirname(p)) for p in paths]
     probs = []
     with torch.no_grad():
         for i in range(0, len(paths), BATCH):
             x = torch.stack([decode_one(open(p, "rb").read(), card.size) for p in paths[i:i + BATCH]])
-            probs.append(torch.softmax(model(normalize(x, card.augment_spec())), 1))
+            with autocast(cpu, precision):
+                logits = model(normalize(x, card.augment_spec()).contiguous(memory_format=fmt)).float()
+            probs.append(torch.softmax(logits, 1))
     p = torch.cat(probs).numpy()
     cols = {"path": paths, "label": labels, "prediction": [card.classes[j] for j in p.argmax(1)],
             "confidence": p.max(1)}
@@ -130,11 +137,12 @@ def plain_loop(model_dir: str, images: str, out: str) -> float:
     return time.perf_counter() - t
 
 
-def raycat_predict(model_dir: str, images: str, out: str, address: str, tta: int) -> tuple[float, float]:
+def raycat_predict(model_dir: str, images: str, out: str, address: str, tta: int, precision: str = "fp32"
+                   ) -> tuple[float, float]:
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_ADDRESS": address}
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "raycat", "predict", model_dir, images, "--out", out, "--tta", str(tta),
-                        "--batch-size", str(BATCH)], env=env, capture_output=True, text=True)
+                        "--batch-size", str(BATCH), "--precision", precision], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if r.returncode != 0:
         raise SystemExit(f"raycat predict failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
@@ -149,6 +157,8 @@ def main() -> None:
     ap.add_argument("--size", type=int)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--ray", choices=("full", "lean"), default="full")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="both sides: bf16 is what raycat's auto picks on a CPU with AMX")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     n_default, size_default, section, what = SOURCES[args.source]
@@ -164,7 +174,7 @@ def main() -> None:
             classes = CLASSES
             make_images(images, args.images)
         model = write_random_model(os.path.join(tmp, "m"), classes, args.size)
-        base = [plain_loop(model, images, os.path.join(tmp, f"plain{i}")) for i in range(args.runs)]
+        base = [plain_loop(model, images, os.path.join(tmp, f"plain{i}"), args.precision) for i in range(args.runs)]
         print("plain", base, flush=True)
         t = time.perf_counter()
         # `ray start` turns token auth on (Ray 2.60's default); the commands that join it need to know.
@@ -178,10 +188,11 @@ def main() -> None:
                               check=True, env=lean_env)
         ray_start = time.perf_counter() - t
         address = re.search(r"ray start --address='([^']+)'", head.stdout).group(1)
-        ours = [raycat_predict(model, images, os.path.join(tmp, f"ray{i}"), address, 0) for i in range(args.runs)]
+        ours = [raycat_predict(model, images, os.path.join(tmp, f"ray{i}"), address, 0, args.precision)
+                for i in range(args.runs)]
         # (--tta 4 scores 5 views: about a fifth of the speed by design; one run, on the default images)
-        tta4 = raycat_predict(model, images, os.path.join(tmp, "tta4"), address, 4) if args.source == "synthetic" \
-            else None
+        tta4 = (raycat_predict(model, images, os.path.join(tmp, "tta4"), address, 4, args.precision)
+                if args.source == "synthetic" else None)
         print("raycat", ours, tta4, flush=True)
     finally:
         subprocess.run(["pkill", "-9", "-f", f"{tmp}/ray"], check=False)
@@ -193,14 +204,15 @@ def main() -> None:
     tta_row = (f"| raycat predict --tta 4 (one run) | {n / tta4[0]:.1f} | {n / tta4[0] / b:.2f}x |\n"
                if tta4 else "")
     title = ("" if args.source == "synthetic" else f" --source {args.source}") + \
-        (" --ray lean" if args.ray == "lean" else "")
+        (" --ray lean" if args.ray == "lean" else "") + (" --precision bf16" if args.precision == "bf16" else "")
     ray_kind = ("a lean one, as `raycat predict` starts by itself on one machine (no dashboard, metrics "
                 "or usage report)" if args.ray == "lean" else "Ray's defaults (dashboard, metrics), as on a "
                 "cluster's head node")
-    section += "_lean" if args.ray == "lean" else ""
+    section += ("_lean" if args.ray == "lean" else "") + ("_bf16" if args.precision == "bf16" else "")
     body = f"""## Predict throughput (`bench/predict_throughput.py{title}`)
 
-{n:,} {what} -> {args.size} px, resnet18, batch {BATCH}, {os.cpu_count()} cores; median of {args.runs} runs.
+{n:,} {what} -> {args.size} px, resnet18, batch {BATCH}, {os.cpu_count()} cores, {args.precision} on both sides
+(bf16: autocast with channels_last); median of {args.runs} runs.
 raycat's time is the whole command (listing, decode, scoring, Parquet, summaries), one scoring actor
 with all cores, on a Ray instance already up (its start, {ray_start:.1f} s, is not counted): {ray_kind}.
 Machine: {machine()}.
