@@ -86,7 +86,10 @@ def test_sweep_resumes_after_the_driver_dies_and_asha_stops_the_bad_lr(ray_local
     args = ["tune", data, "--labels", str(labels), "--out", str(out), "--samples", "1", "--space", str(space),
             "--max-concurrent", "1",
             "--arch", "resnet18", "--weights", "none", "--size", "32", "--batch-size", "8",
-            "--precompute-epochs", "0", "--tta", "0", "--patience", "5"]
+            "--precompute-epochs", "0", "--tta", "0", "--patience", "5",
+            # fp32: the two good trials must tie at ASHA's rung. bf16 (auto on a CPU with AMX) rounds
+            # by thread layout, so equal settings need not give equal losses, and ASHA may stop one.
+            "--precision", "fp32"]
     # The driver joins this session's Ray (a second local instance would cost its start-up and
     # share 2 cores with this one); when it is killed, Ray ends its trials with it.
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
