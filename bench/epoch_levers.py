@@ -145,11 +145,9 @@ def run_child(shape: str, cfg: tuple, steps: int, cache: str) -> dict:
 
 
 def cpu_flags() -> str:
-    try:
-        flags = open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n", 1)[0].split()
-    except (OSError, IndexError):
-        return "unknown"
-    return ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags) or "none"
+    from raycat.core.device import cpu_flags as flags
+
+    return ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags()) or "none"
 
 
 def main() -> None:

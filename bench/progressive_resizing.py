@@ -16,7 +16,6 @@ usage: python bench/progressive_resizing.py [--per-class 600] [--seeds 0 1 2] [-
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import statistics
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from results import machine, write_section  # noqa: E402
+from time_to_accuracy import IDX, read_idx  # noqa: E402
 
 from raycat.core import bn_stats  # noqa: E402
 from raycat.core.augment import AugmentSpec, augment, normalize  # noqa: E402
@@ -37,16 +37,7 @@ from raycat.core.device import autocast  # noqa: E402
 from raycat.core.model import create_model, set_train_mode  # noqa: E402
 from raycat.core.schedules import one_cycle_lr  # noqa: E402
 
-IDX = "/usr/share/datasets/fashion-mnist"
 BS, FULL = 128, 28
-
-
-def read_idx(path: str) -> np.ndarray:
-    with gzip.open(path) as f:
-        data = f.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
 def load(per_class: int, n_valid: int) -> tuple[torch.Tensor, ...]:

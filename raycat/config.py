@@ -339,8 +339,7 @@ class PredictConfig:
         _non_negative(self, "tta", "top")
         _check(0 <= self.tta_beta <= 1, "tta_beta", f"must be in [0, 1], got {self.tta_beta}")
         _positive(self, "batch_size")
-        _check(self.precision in PRECISIONS, "precision",
-               f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _choice(self, "precision", PRECISIONS)
 
 
 @dataclass

@@ -58,7 +58,7 @@ class Tally:
     least_confident: list = field(default_factory=list)
     resumed_shards: int = 0  # scored by an earlier run that died, and not again
     resumed_images: int = 0
-    precisions: set[str] = field(default_factory=set)  # what the actors scored in (each resolves auto on its node)
+    scoring_dtypes: set[str] = field(default_factory=set)  # what the actors scored in (each resolves auto on its node)
     # {shard: digest of its images} for every shard this listing gave (a few thousand per million images)
     ids: dict[str, str] = field(default_factory=dict)
 
@@ -67,7 +67,7 @@ class Tally:
 
         self.shards += 1
         self.ids[s["shard"]] = s["digest"]
-        self.precisions.add(s.get("precision", "fp32"))  # summaries written before this key scored in fp32
+        self.scoring_dtypes.add(s.get("scoring_dtype", "fp32"))  # summaries written before this key scored in fp32
         if s.get("resumed"):
             self.resumed_shards += 1
             self.resumed_images += s["n_scored"] + len(s["skipped"])
@@ -190,7 +190,7 @@ def write_predict_outputs(cfg: PredictConfig, folder: str, card, run: str, tally
     n_labelled = sum(map(sum, cm)) if cm else 0
     m = {"n_images": tally.n_images, "n_skipped": len(tally.skipped), "n_labelled": n_labelled,
          "n_shards": tally.shards, "resumed_shards": tally.resumed_shards, "resumed_images": tally.resumed_images,
-         "tta_views": cfg.tta, "tta_beta": cfg.tta_beta, "scoring_dtype": "+".join(sorted(tally.precisions)),
+         "tta_views": cfg.tta, "tta_beta": cfg.tta_beta, "scoring_dtype": "+".join(sorted(tally.scoring_dtypes)),
          "classes": classes,
          "model": folder, "raycat_version": card.raycat_version}
 

@@ -136,7 +136,7 @@ class Scorer:
         look = metrics.worth_a_look(p, y, spec.top)
         summary = {
             "shard": shard, "digest": digest, "n_scored": len(kept_paths), "skipped": skipped,
-            "precision": self.precision,
+            "scoring_dtype": self.precision,
             "cm": cm.tolist() if cm is not None else None,
             **{grid: metrics.name_rows(rows, kept_paths, classes) for grid, rows in look.items()},
         }

@@ -47,9 +47,7 @@ def auto_precision(device_type: str, flags: frozenset[str] | set[str]) -> str:
     fp32 on other CPUs. On an AMX Xeon bf16 autocast with channels_last ran a training step 1.4-2.0x
     and a scoring batch 1.8-3.3x faster than fp32 (bench/RESULTS.md, epoch_levers); CPUs with
     AVX512-BF16 but no AMX were not measured, so they keep fp32."""
-    if device_type == "cuda":
-        return "bf16"
-    return "bf16" if device_type == "cpu" and "amx_bf16" in flags else "fp32"
+    return "bf16" if device_type == "cuda" or (device_type == "cpu" and "amx_bf16" in flags) else "fp32"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
