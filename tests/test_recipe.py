@@ -170,3 +170,26 @@ def test_the_default_batch_shrinks_for_a_small_set_so_an_epoch_has_steps_enough(
     assert Recipe().batch_for(245, 2) == 8
     assert Recipe().batch_for(20, 1) == 8  # never below 8
     assert Recipe(batch_size=64).batch_for(245, 1) == 64  # a batch asked for is kept
+
+
+def test_a_nan_or_infinite_valid_loss_counts_as_rising():
+    from raycat.core.recipe import rising_epochs
+
+    nan, inf = float("nan"), float("inf")
+    counts, rising, last = [], 0, float("inf")
+    for loss in [0.7, nan, nan, inf, 0.6]:
+        rising, last = rising_epochs(rising, last, loss), loss
+        counts.append(rising)
+    assert counts == [0, 1, 2, 3, 0]
+
+
+def test_a_diverged_stage_stops_early_and_says_so_once():
+    """At an absurd rate the weights overflow and the valid loss is NaN from then on: patience
+    stops the stage (it used to train every remaining epoch), and the note is written once."""
+    r = recipe(lr=1e30, unfrozen_cycles=2, patience=1, precompute_epochs=0, head_cycles=0, tta=0)  # 3 epochs
+    model, data = setup()
+    state = run(r, model, data, LocalComm(), torch.device("cpu"), log=lambda s: None, sweeps=SWEEP_UNLESS_LR)
+    losses = [h["valid_loss"] for h in state.history]
+    assert not np.isfinite(losses[0]), losses
+    assert state.stopped_early and len(state.history) == 1, losses
+    assert sum("diverged" in n for n in state.notes) == 1, state.notes

@@ -40,6 +40,7 @@ from raycat.core.tta import tta_views
 # (the loss of uniform probabilities, log(classes)), is called out in the table; the better weights
 # are the ones kept. That is a fine-tuning step that blew up, not the noise of a small valid set.
 GUARD_FACTOR = 2.0
+DIVERGED = "diverged: counted as a rise for early stopping; the better weights are kept"
 
 
 @dataclass
@@ -204,8 +205,14 @@ def _epoch(loop: Loop, r: Recipe, state: RecipeState, stage: Stage, epoch: int, 
     state.valid_seconds += t2 - t1
     say(table_row(row))
     name = f"{stage.name} {epoch + 1}"
-    if math.isfinite(state.best_valid_loss) and not (valid_loss <= GUARD_FACTOR * state.best_valid_loss
-                                                     or valid_loss <= math.log(loop.model.n_classes)):
+    if not math.isfinite(valid_loss):
+        # A diverged model (NaN or infinite loss) stays diverged: said once, not every epoch after.
+        if not any(n.endswith(DIVERGED) for n in state.notes):
+            note = f"{name}: valid loss is {valid_loss}; {DIVERGED}"
+            state.notes.append(note)
+            say(f"  ! {note}")
+    elif math.isfinite(state.best_valid_loss) and not (valid_loss <= GUARD_FACTOR * state.best_valid_loss
+                                                       or valid_loss <= math.log(loop.model.n_classes)):
         note = (f"{name}: valid loss {valid_loss:.4g} is over {GUARD_FACTOR:g}x the best so far "
                 f"({state.best_valid_loss:.4g}, {state.best_epoch}) and worse than guessing; the better weights "
                 "are kept")
@@ -228,8 +235,10 @@ def _epoch(loop: Loop, r: Recipe, state: RecipeState, stage: Stage, epoch: int, 
 
 
 def rising_epochs(rising: int, last_loss: float, loss: float) -> int:
-    """Epochs in a row whose valid loss rose over the epoch before, after one with `loss`."""
-    return rising + 1 if loss > last_loss else 0
+    """Epochs in a row whose valid loss rose over the epoch before, after one with `loss`. A NaN or
+    infinite loss counts as rising (`nan > last` is False: a diverged stage would otherwise reset
+    the count every epoch and train to its end)."""
+    return rising + 1 if not math.isfinite(loss) or loss > last_loss else 0
 
 
 def _finish(loop: Loop, r: Recipe, state: RecipeState, say: Callable[[str], None], top: int) -> None:
