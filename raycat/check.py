@@ -18,7 +18,7 @@ def format_report(layout: DatasetLayout, good: dict[str, list[int]], skipped: li
     if len(layout.test):
         lines.append(f"test (unlabelled): {good.get('test', [len(layout.test)])[0]}")
     if layout.bad:
-        lines.append(f"{len(layout.bad)} row(s) of the labels file could not be used, skipped:")
+        lines.append(f"{len(layout.bad)} folder(s) or labels-file row(s) could not be used, skipped:")
         lines += [f"  {path}: {reason}" for path, reason in layout.bad]
     if skipped:
         lines.append(f"{len(skipped)} unreadable file(s), skipped:")

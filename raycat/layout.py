@@ -49,7 +49,9 @@ class DatasetLayout:
     train: Split
     valid: Split
     test: Split
-    bad: list[tuple[str, str]] = field(default_factory=list)  # labels-file rows no image can come from
+    # (path, reason) for what was listed and can't be used: labels-file rows no image can come
+    # from, folders that can't be read
+    bad: list[tuple[str, str]] = field(default_factory=list)
 
 
 def unsafe_class_names(classes: object) -> list[str]:
@@ -64,14 +66,21 @@ def unsafe_class_names(classes: object) -> list[str]:
     return [repr(c) for c in bad] + [f"{c!r} (twice)" for c in dupes]
 
 
-def _labelled_split(root: str, split: str) -> dict[str, list[str]]:
-    """{class name: image URIs} for DATA/<split>/<class>/...; files anywhere below a class count."""
+def _labelled_split(root: str, split: str, unreadable: list) -> dict[str, list[str]]:
+    """{class name: image URIs} for DATA/<split>/<class>/...; files anywhere below a class count.
+    A folder that can't be read is no class (a volume's root-owned lost+found): it goes to
+    `unreadable` as (path, reason), as an unreadable image is reported and skipped."""
     base = storage.join(root, split)
+    found: list = []
+    files = storage.list_files(base, unreadable=found)
+    unreadable += found
+    gone = {p.rstrip("/") for p, _ in found}
     by_class: dict[str, list[str]] = {
         name: [] for name in storage.list_dir(base)
         if not name.startswith(".") and storage.is_dir(storage.join(base, name))
+        and storage.absolute(storage.join(base, name)).rstrip("/") not in gone
     }
-    for uri in storage.list_files(base):
+    for uri in files:
         parts = storage.relative_parts(base, uri)
         if len(parts) < 2 or not is_image_name(parts[-1]):
             continue
@@ -91,7 +100,7 @@ def scan_layout(root: str, labels: str | None = None, valid_pct: float | None = 
     a labels file (`labels`: a CSV of `id|fname|path, label` and an optional `split` or `is_valid`
     column, as fast.ai's from_csv reads). Without a valid/ folder or a split column, `valid_pct`
     makes a seeded, stratified validation split. Rows a labels file can't use (a missing file, an
-    empty label) are listed in `bad`, not fatal.
+    empty label) and folders that can't be read are listed in `bad`, not fatal.
     """
     root = storage.absolute(root)  # listed paths are absolute: so is the root they are cut from
     if not storage.exists(root):
@@ -108,8 +117,9 @@ def scan_layout(root: str, labels: str | None = None, valid_pct: float | None = 
         )
     if has_valid and valid_pct:
         raise LayoutError(f"--valid-pct: {root} has a valid/ folder already; drop --valid-pct to use it")
-    train = _labelled_split(root, "train")
-    valid = _labelled_split(root, "valid") if has_valid else None
+    unreadable: list[tuple[str, str]] = []
+    train = _labelled_split(root, "train", unreadable)
+    valid = _labelled_split(root, "valid", unreadable) if has_valid else None
     if not any(train.values()) and not (valid and any(valid.values())):
         raise LayoutError(f"{root}: no images found under train/ or valid/ (extensions: "
                           f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -135,12 +145,12 @@ def scan_layout(root: str, labels: str | None = None, valid_pct: float | None = 
     test = Split()
     test_root = storage.join(root, "test")
     if storage.is_dir(test_root):
-        for uri in storage.list_files(test_root):
+        for uri in storage.list_files(test_root, unreadable=unreadable):
             if is_image_name(uri):
                 test.paths.append(uri)
                 test.labels.append(-1)
     return DatasetLayout(root=root, classes=classes, train=_split(train_items, classes),
-                         valid=_split(valid_items, classes), test=test)
+                         valid=_split(valid_items, classes), test=test, bad=unreadable)
 
 
 def _two_classes(root: str, classes: list[str]) -> None:
@@ -212,13 +222,14 @@ def _from_labels_file(root: str, labels: str, valid_pct: float | None, seed: int
     # The images under DATA, by their path relative to it and by that path without its extension
     # (Kaggle's id column names files without one).
     files: dict[str, str] = {}
-    for uri in storage.list_files(root):
+    bad: list[tuple[str, str]] = []
+    for uri in storage.list_files(root, unreadable=bad):
         if is_image_name(uri):
             rel = "/".join(storage.relative_parts(root, uri))
             files[rel] = uri
             files.setdefault(posixpath.splitext(rel)[0], uri)
-    bad: list[tuple[str, str]] = []
     train_items, valid_items, plain = [], [], []
+    lines_of: dict[str, list[int]] = {}  # image -> the lines naming it (one image, one label, one split)
     for n, row in rows:
         name, label = row.get(path_col) or "", row.get(label_col) or ""
         where = f"{labels} line {n}"
@@ -229,6 +240,7 @@ def _from_labels_file(root: str, labels: str, valid_pct: float | None, seed: int
         if uri is None:
             bad.append((storage.join(root, name), f"listed in {where} but not found under DATA"))
             continue
+        lines_of.setdefault(uri, []).append(n)
         if not label:
             bad.append((uri, f"empty label ({where})"))
             continue
@@ -242,6 +254,12 @@ def _from_labels_file(root: str, labels: str, valid_pct: float | None, seed: int
             train_items.append((uri, label))
         else:
             bad.append((uri, f"{split_col} {value!r} is not train or valid ({where})"))
+    twice = {uri: ns for uri, ns in lines_of.items() if len(ns) > 1}
+    if twice:
+        # (`img1` and `img1.jpg` name one file): it could land in train and in valid, or under two labels
+        shown = [f"{uri} (lines {', '.join(map(str, ns))})" for uri, ns in sorted(twice.items(), key=lambda kv: kv[1])]
+        raise LayoutError(f"--labels {labels}: {len(twice)} image(s) listed more than once: {'; '.join(shown[:5])}"
+                          f"{' ...' if len(shown) > 5 else ''}; list each image once")
     if split_col is None:
         train_items, valid_items = stratified_split(plain, valid_pct, seed)
     classes = sorted({c for _, c in train_items + valid_items})

@@ -102,10 +102,14 @@ def plan_listing(images: str, classes: list[str]) -> tuple[Source, list[dict]]:
     if not storage.is_dir(images):
         raise ListingError(f"IMAGES {images}: no such folder (or a manifest .csv/.parquet with a path column)")
     root = storage.absolute(images)
-    dirs, ranges = _top_level(root)
+    try:
+        dirs, ranges = _top_level(root)
+    except OSError as e:  # IMAGES itself can't be read (its subfolders are skipped and reported instead)
+        raise ListingError(f"IMAGES {images}: can't be read ({e.strerror or type(e).__name__})") from None
     labelled = not ranges and bool(set(dirs) & set(classes))
     if labelled:
-        unknown = sorted(set(dirs) - set(classes))
+        # (a folder that can't be read, a volume's lost+found, is no label: its unit reports it skipped)
+        unknown = [d for d in sorted(set(dirs) - set(classes)) if storage.can_list(storage.join(root, d))]
         if unknown:
             raise ListingError(f"IMAGES {images}: labelled folders {', '.join(unknown)} are not among the model's "
                                f"classes ({', '.join(classes)})")
@@ -182,9 +186,11 @@ def shard_of(row: dict) -> tuple[str, list[str], list[int], list[tuple[str, str]
     return row["shard"], d["paths"], d["labels"], [tuple(b) for b in d["bad"]]
 
 
-def _shards(index: int, paths: list[str], labels: list[int]) -> list[dict]:
-    return [shard_row(f"{index:05d}-{i // SHARD_SIZE:06d}", paths[i:i + SHARD_SIZE], labels[i:i + SHARD_SIZE], [])
-            for i in range(0, len(paths), SHARD_SIZE)]
+def _shards(index: int, paths: list[str], labels: list[int], bad: list[tuple[str, str]] = ()) -> list[dict]:
+    """A unit's shard rows; its `bad` entries go with the first (a unit of bad entries alone is one shard)."""
+    starts = range(0, max(len(paths), 1 if bad else 0), SHARD_SIZE)
+    return [shard_row(f"{index:05d}-{i // SHARD_SIZE:06d}", paths[i:i + SHARD_SIZE], labels[i:i + SHARD_SIZE],
+                      list(bad) if i == 0 else []) for i in starts]
 
 
 def list_unit(row: dict, source: Source):
@@ -202,10 +208,14 @@ def list_unit(row: dict, source: Source):
         # IMAGES' own images sit in no folder under it, so none is labelled (see the module docstring).
         yield from _shards(index, [folder + n for n in names], [-1] * len(names))
         return
-    uris = [u for u in storage.list_files(storage.join(source.images, row["name"]), outside=source.images)
-            if is_image_name(u)]
+    unreadable: list[tuple[str, str]] = []
+    uris = [u for u in storage.list_files(storage.join(source.images, row["name"]), outside=source.images,
+                                          unreadable=unreadable) if is_image_name(u)]
     classes = {c: i for i, c in enumerate(source.classes)}
-    yield from _shards(index, uris, [_label(source, classes, storage.relative_parts(source.images, u)) for u in uris])
+    # Folders that can't be read travel in the first shard's `bad`: skipped.csv lists them as it
+    # lists unreadable files.
+    yield from _shards(index, uris, [_label(source, classes, storage.relative_parts(source.images, u)) for u in uris],
+                       unreadable)
 
 
 def read_manifest(source: Source):

@@ -270,13 +270,15 @@ def read_mapping(uri: str, flag: str) -> dict:
     return data
 
 
-def list_files(uri: str, outside: str | None = None) -> list[str]:
+def list_files(uri: str, outside: str | None = None, unreadable: list | None = None) -> list[str]:
     """Every file under a folder, recursively, as URIs in sorted order.
 
     Local trees are walked following symlinks, but each real folder is entered once, so a symlink
     loop ends instead of recursing for ever. Hidden files and folders (".name") are left out.
     With `outside` (a folder holding `uri`), a symlink into `outside` but out of `uri` is not
-    followed: parallel listings of a tree's parts then never walk each other's folders.
+    followed: parallel listings of a tree's parts then never walk each other's folders. A local
+    folder that can't be read (a volume's root-owned lost+found) is left out, and (path, reason)
+    goes to `unreadable`, as an unreadable file is skipped and reported, never fatal.
     """
     uri = str(uri)
     if is_s3(uri):
@@ -306,7 +308,7 @@ def list_files(uri: str, outside: str | None = None) -> list[str]:
             continue
         seen.add(real)
         subfolders = []
-        for name, is_folder in _local_entries(folder):
+        for name, is_folder in _local_entries(folder, unreadable=unreadable):
             if not name.startswith("."):
                 (subfolders if is_folder else out).append(os.path.join(folder, name))
         todo += sorted(subfolders, reverse=True)
@@ -317,12 +319,20 @@ def list_files(uri: str, outside: str | None = None) -> list[str]:
 S3_PAGE_KEYS = 1000
 
 
-def _local_entries(path: str, after: str | None = None, until: str | None = None) -> Iterator[tuple[str, bool]]:
+def _local_entries(path: str, after: str | None = None, until: str | None = None,
+                   unreadable: list | None = None) -> Iterator[tuple[str, bool]]:
     """(name, is_folder) for the files and folders in a local folder with after < name <= until, types
-    from os.scandir (the directory's own record: a stat only for a symlink, which is followed)."""
+    from os.scandir (the directory's own record: a stat only for a symlink, which is followed). A
+    folder that is gone yields nothing; one that can't be read (no permission, an I/O error) yields
+    nothing too, and with `unreadable` its (path, reason) is appended there, else it raises."""
     try:
         entries = os.scandir(path)
     except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        if unreadable is None:
+            raise
+        unreadable.append((path, f"unreadable folder: {e.strerror or type(e).__name__}"))
         return
     with entries:
         for e in entries:
@@ -360,6 +370,17 @@ def _s3_pages(uri: str, after: str | None = None, expected: int | None = None) -
         if not page.get("IsTruncated"):
             return
         request["ContinuationToken"] = page["NextContinuationToken"]
+
+
+def can_list(uri: str) -> bool:
+    """Whether a folder's entries can be read (False for a local folder without permission, say);
+    an S3 prefix is taken to be listable (a denied listing fails the job, naming it)."""
+    if is_s3(str(uri)):
+        return True
+    unreadable: list = []
+    for _ in _local_entries(os.path.abspath(uri), unreadable=unreadable):
+        break
+    return not unreadable
 
 
 def scan_dir(uri: str) -> Iterator[tuple[str, bool]]:

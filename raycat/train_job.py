@@ -177,7 +177,7 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
         relay.close()
     if result is None:
         raise RuntimeError("training ended without a checkpoint")
-    result.skipped = sorted(set(result.skipped) | set(layout.bad))  # rows the labels file could not use
+    result.skipped = sorted(set(result.skipped) | set(layout.bad))  # labels-file rows, unreadable folders
     return FitResult(result=result, classes=layout.classes, cache=cache, cpus_per_worker=cpus, split=split,
                      notes=[weights_note] if weights_note else [], started_at=started_at, ray_up_at=ray_up_at,
                      groups=relay.groups, batch_size=recipe.batch_size)

@@ -158,3 +158,26 @@ def test_valid_pct_with_a_split_column_is_refused(tmp_path):
     (tmp_path / "labels.csv").write_text("fname,label,is_valid\na.jpg,cat,0\nb.jpg,dog,0\nc.jpg,cat,1\nd.jpg,dog,1\n")
     with pytest.raises(LayoutError, match=r"--valid-pct: --labels .*labels.csv splits the images already"):
         scan_layout(str(tmp_path), labels=str(tmp_path / "labels.csv"), valid_pct=0.2)
+
+
+def test_an_unreadable_folder_is_skipped_and_reported_not_a_class_and_not_a_crash(tmp_path, monkeypatch):
+    from unreadable import unreadable_folder
+
+    root = make(tmp_path, ["train/cat/1.jpg", "train/dog/1.jpg", "valid/cat/1.jpg", "valid/dog/1.jpg",
+                           "train/dog/more/2.jpg"])
+    with unreadable_folder(tmp_path / "train" / "lost+found", monkeypatch) as lost, \
+            unreadable_folder(tmp_path / "train" / "dog" / "more", monkeypatch) as more:
+        lay = scan_layout(root)
+    assert lay.classes == ["cat", "dog"]  # lost+found is no class
+    assert [os.path.basename(p) for p in lay.train.paths] == ["1.jpg", "1.jpg"]
+    assert sorted(p for p, _ in lay.bad) == sorted([lost, more])
+    assert all("unreadable folder" in r and "Permission denied" in r for _, r in lay.bad)
+
+
+def test_a_labels_file_that_lists_an_image_twice_is_refused_naming_the_lines(tmp_path):
+    make(tmp_path, ["img1.jpg", "img2.jpg", "img3.jpg", "img4.jpg"])
+    # `img1` and `img1.jpg` are one file: it would be in train and in valid at once
+    (tmp_path / "labels.csv").write_text("fname,label,split\nimg1,cat,train\nimg2,dog,train\nimg3,cat,valid\n"
+                                         "img4,dog,valid\nimg1.jpg,cat,valid\n")
+    with pytest.raises(LayoutError, match=r"listed more than once: .*img1.jpg \(lines 2, 6\)"):
+        scan_layout(str(tmp_path), labels=str(tmp_path / "labels.csv"))

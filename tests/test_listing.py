@@ -255,3 +255,17 @@ def test_a_local_folder_is_listed_by_two_tasks_at_most_object_storage_by_eight()
 
     assert [listing_tasks(n, "/data/images") for n in (1, 2, 10)] == [1, 2, 2]
     assert [listing_tasks(n, "s3://b/images") for n in (1, 5, 10)] == [1, 5, 8]
+
+
+def test_an_unreadable_subfolder_is_skipped_and_reported_in_its_unit_s_shard(tmp_path, monkeypatch):
+    from unreadable import unreadable_folder
+
+    touch(tmp_path, "cat/1.jpg", "cat/2.jpg", "dog/3.jpg")
+    with unreadable_folder(tmp_path / "cat" / "private", monkeypatch) as private, \
+            unreadable_folder(tmp_path / "lost+found", monkeypatch) as lost:
+        source, units = listing.plan_listing(str(tmp_path), ["cat", "dog"])
+        shards = [listing.shard_of(r) for u in units for r in listing.list_unit(u, source)]
+    paths = sorted(os.path.basename(p) for _, ps, _, _ in shards for p in ps)
+    bad = sorted((p, r) for _, _, _, b in shards for p, r in b)
+    assert paths == ["1.jpg", "2.jpg", "3.jpg"]
+    assert [p for p, _ in bad] == sorted([private, lost]) and all("unreadable folder" in r for _, r in bad)
