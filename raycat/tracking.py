@@ -155,6 +155,20 @@ def fail(t: Tracker) -> None:
         print(f"warning: could not end the tracked run as failed: {e}", file=sys.stderr)
 
 
+def finish_best_effort(t: Tracker, metrics: dict, out: str) -> None:
+    """Log the final metrics and the outputs of a run that finished; a failure here is a warning
+    (the outputs are whole and the run is marked finished), and the tracked run is ended FAILED
+    rather than left RUNNING."""
+    try:
+        t.log_metrics(metrics)
+        t.finish(out)
+    except Exception as e:  # noqa: BLE001 - whatever the tracker raises, the run itself succeeded
+        print(f"warning: the run finished and its outputs are in {out}, but the tracker could not log them "
+              f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); the tracked run is ended "
+              "as failed", file=sys.stderr)
+        fail(t)
+
+
 def tune_callbacks(kind: str) -> list:
     """Ray Tune's own loggers for a sweep: MLflowLoggerCallback (a run a trial) for mlflow,
     TBXLoggerCallback (event files in each trial's folder under OUT/tune/) for tensorboard.

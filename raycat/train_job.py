@@ -255,6 +255,23 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
     return metrics
 
 
+def finish_run(cfg: TrainConfig, fitted: FitResult, tracker) -> dict:
+    """The outputs, then the note that the run finished, then the tracker's copy of them. Tracking
+    after the outputs is best-effort: a tracker that fails here warns and the command still
+    succeeds (failing it would make a job retry find the run finished, delete its checkpoints and
+    train again, for outputs that are already whole)."""
+    from raycat import tracking
+
+    try:
+        metrics = write_train_outputs(cfg, fitted, {})
+        resume.mark_finished(cfg, fitted.classes, fitted.split)
+    except BaseException:
+        tracking.fail(tracker)
+        raise
+    tracking.finish_best_effort(tracker, metrics, cfg.out)
+    return metrics
+
+
 def lr_find_done(lr_found: FitResult, source: str):
     """The state a `raycat train` starts from to take the sweep of an lr-find run with the same data,
     seed and settings instead of sweeping again (the demo's lr-find, then train). The sweep
@@ -280,15 +297,12 @@ def run_train(cfg: TrainConfig, start=None) -> int:
 
     try:
         fitted = fit(cfg, on_epoch=lambda row, i: tracker.log_epoch(row, i), on_ready=start_tracking, start=start)
-        metrics = write_train_outputs(cfg, fitted, {})
-        resume.mark_finished(cfg, fitted.classes, fitted.split)
-        tracker.log_metrics(metrics)
-        tracker.finish(cfg.out)
     except BaseException:
         # A run that started and did not finish says so (MLflow would show it RUNNING for ever).
         if tracker is not None:
             tracking.fail(tracker)
         raise
+    finish_run(cfg, fitted, tracker)
     f = fitted.result.state.final
     print(f"raycat train: valid accuracy {f['valid_accuracy']:.4f} (TTA {f['valid_accuracy_tta']:.4f}) after "
           f"{f['epochs']} epochs in {time.time() - t0:.0f}s; outputs in {cfg.out}")

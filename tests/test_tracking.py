@@ -247,3 +247,42 @@ def test_a_sweep_writes_tensorboard_files_with_tensorboard_tracking_and_none_wit
     assert scalars(str(tmp_path / "tensorboard"))["ray/tune/valid_loss"] == [(1, 0.25)]
     assert glob.glob(str(tmp_path / "none" / "**" / "events.out.tfevents.*"), recursive=True) == []
     assert glob.glob(str(tmp_path / "none" / "*" / "result.json"))  # the trial ran and Tune's other loggers wrote
+
+
+def test_a_tracker_that_fails_after_the_outputs_are_written_warns_and_the_run_stays_finished(tmp_path, capsys):
+    """Tracking comes after the outputs and the note that the run finished, and is best-effort: it
+    used to raise out of `raycat train` (exit 1 with whole outputs, and a job retry then found the
+    run finished, deleted its checkpoints and trained again)."""
+    import json
+    import time
+
+    from test_recipe import go, recipe, setup
+
+    from raycat import train_job
+    from raycat.config import TrainConfig
+    from raycat.train_worker import WorkerResult
+
+    r = recipe(unfrozen_cycles=1, precompute_epochs=0, head_cycles=0, tta=0)
+    model, data = setup()
+    state = go(r, model, data)
+    cfg = TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "out"), recipe=r)
+    now = time.time()
+    fitted = train_job.FitResult(
+        result=WorkerResult(state=state, worker_nodes=["node"], skipped=[], n_train=24, n_valid=8, grids={}),
+        classes=["a", "b"], cache=True, cpus_per_worker=1, split="0123", notes=[], started_at=now, ray_up_at=now,
+        groups=[], batch_size=8)
+    ended = []
+
+    class TrackerDown(tracking.Tracker):
+        def log_metrics(self, metrics):
+            raise ConnectionError("the tracking server went away")
+
+        def fail(self):
+            ended.append("FAILED")
+
+    metrics = train_job.finish_run(cfg, fitted, TrackerDown())
+    assert json.load(open(tmp_path / "out" / "metrics.json"))["valid_accuracy"] == metrics["valid_accuracy"]
+    marker = json.load(open(tmp_path / "out" / "checkpoints" / "train" / "raycat_run.json"))
+    assert marker["finished"] is True
+    err = capsys.readouterr().err
+    assert "warning: the run finished" in err and "the tracking server went away" in err and ended == ["FAILED"]
