@@ -84,8 +84,9 @@ def baseline_epoch(loader, n: int) -> float:
 def raycat_epochs(paths: list[str], cores: int, runs: int) -> tuple[list[float], list[float]]:
     """(epoch-1 seconds, later-epoch seconds) of the Train worker's data path, `runs` each."""
     from raycat import pipeline
+    from raycat.config import steps_per_epoch
     from raycat.core.augment import AugmentSpec, augment
-    from raycat.train_worker import ShardData, steps_per_epoch
+    from raycat.train_worker import ShardData
 
     spec, gen = AugmentSpec("side_on", 1.1), torch.Generator().manual_seed(0)
     first, later = [], []

@@ -58,9 +58,11 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
     fields = flat_fields(cls)
     for f, typ, _ in sorted(fields, key=lambda t: not t[0].metadata.get("positional")):
         help_ = f.metadata.get("help", "")
-        if typing.get_origin(typ) is not None:  # Optional[X], or int | str (read as text, parsed by the config)
+        if typing.get_origin(typ) is not None:  # Optional[X]
             options = [a for a in typing.get_args(typ) if a is not type(None)]
             typ = str if str in options else options[0]
+        if hasattr(typ, "parse"):  # read as text, parsed by the config (--workers N|MIN-MAX)
+            typ = str
         if f.metadata.get("positional"):
             more = {"nargs": "+"} if typ is list else {"choices": f.metadata.get("choices")}
             parser.add_argument(f.name, metavar=f.name.upper(), help=help_, **more)

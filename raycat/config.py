@@ -72,6 +72,14 @@ def _non_negative(cfg: Any, *names: str) -> None:
 DEFAULT_BATCH, MIN_STEPS = 64, 16  # Recipe.batch_for
 
 
+def steps_per_epoch(n_train: int, workers: int, batch_size: int) -> int:
+    """Optimizer steps in an epoch of `n_train` images over `workers` workers taking `batch_size`
+    each: Ray splits the train files equally (each worker gets n // workers of them), and every
+    worker takes as many steps (DDP steps together). The one home of this rule: the schedule, the
+    default batch and the workers' data all read it."""
+    return max(1, math.ceil((n_train // max(1, workers)) / batch_size))
+
+
 @dataclass
 class Recipe:
     """What a training run computes (docs/contract.md, 'The staged recipe'). None means: chosen from
@@ -154,9 +162,16 @@ class Recipe:
         if self.batch_size is not None:
             return self.batch_size
         bs = DEFAULT_BATCH
-        while bs > 8 and math.ceil((n_train // max(1, workers)) / bs) < MIN_STEPS:
+        while bs > 8 and steps_per_epoch(n_train, workers, bs) < MIN_STEPS:
             bs //= 2
         return bs
+
+    def stepping(self, n_train: int, workers: int) -> dict:
+        """What the schedule steps by on `n_train` images at `workers` (MAX) workers: the global
+        batch and the steps an epoch. An elastic group keeps both whatever its size; a resumed
+        run must have the same (resume.settings)."""
+        bs = self.batch_for(n_train, workers)
+        return {"global_batch": bs * workers, "steps_per_epoch": steps_per_epoch(n_train, workers, bs)}
 
     @property
     def frozen_stages(self) -> bool:
@@ -186,42 +201,53 @@ class Resources:
         _positive(self, "workers")
 
 
-def parse_workers(value: int | str) -> tuple[int, int]:
-    """(MIN, MAX) Train workers from `--workers N` or `--workers MIN-MAX` (an elastic group)."""
-    text = str(value).strip()
-    parts = text.split("-")
-    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
-        raise ConfigError(f"--workers: expected N or MIN-MAX (e.g. 2-8), got {text!r}")
-    lo, hi = int(parts[0]), int(parts[-1])
-    _check(lo >= 1, "workers", f"must be >= 1 (MIN too), got {text!r}")
-    _check(lo <= hi, "workers", f"MIN must be <= MAX, got {text!r}")
-    return lo, hi
+class WorkerRange(typing.NamedTuple):
+    """Train workers: `--workers N` (min == max) or `--workers MIN-MAX`, an elastic group that starts
+    with what the cluster has (at least MIN), shrinks when a node is lost and grows back to MAX
+    (docs/contract.md, 'Elastic training')."""
+
+    min: int
+    max: int
+
+    @classmethod
+    def parse(cls, value: "int | str | WorkerRange") -> "WorkerRange":
+        """From a flag or config value: 3, "3" or "2-8"; errors name --workers."""
+        if isinstance(value, WorkerRange):
+            return value
+        text = str(value).strip()
+        parts = text.split("-")
+        if isinstance(value, bool) or len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+            raise ConfigError(f"--workers: expected N or MIN-MAX (e.g. 2-8), got {text!r}")
+        lo, hi = int(parts[0]), int(parts[-1])
+        _check(lo >= 1, "workers", f"must be >= 1 (MIN too), got {text!r}")
+        _check(lo <= hi, "workers", f"MIN must be <= MAX, got {text!r}")
+        return cls(lo, hi)
+
+    @property
+    def elastic(self) -> bool:
+        return self.min < self.max
+
+    def __str__(self) -> str:
+        return str(self.max) if self.min == self.max else f"{self.min}-{self.max}"
 
 
 @dataclass
 class TrainResources(Resources):
-    # Train and tune take a range: an elastic group that starts with what the cluster has (at least
-    # MIN), shrinks when a node is lost and grows back to MAX (docs/contract.md, 'Elastic training').
-    workers: int | str = arg(1, "Ray Train workers: N, or MIN-MAX for an elastic group that rides out lost nodes",
-                             metavar="N|MIN-MAX")
+    # Train and tune take a range (WorkerRange); given as N or "MIN-MAX", held as the pair.
+    workers: WorkerRange = arg(WorkerRange(1, 1), "Ray Train workers: N, or MIN-MAX for an elastic group that "
+                               "rides out lost nodes", metavar="N|MIN-MAX")
     placement: str = arg("PACK", "Train workers on nodes: PACK (fewest nodes) or SPREAD (one per node if possible)",
                          choices=("PACK", "SPREAD"))
     cache: str = arg("auto", "decoded images: memory (each worker keeps its shard after the first epoch), stream "
                      "(read and decode every epoch), auto (memory when it fits)", choices=CACHE_MODES)
 
     def _check_workers(self) -> None:
-        if isinstance(self.workers, str) and "-" not in self.workers:
-            self.workers = parse_workers(self.workers)[0]  # "2" from a config file or the command line
-        self.min_workers, self.max_workers = parse_workers(self.workers)
+        self.workers = WorkerRange.parse(self.workers)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _choice(self, "placement", ("PACK", "SPREAD"))
         _choice(self, "cache", CACHE_MODES)
-
-    @property
-    def elastic(self) -> bool:
-        return self.min_workers < self.max_workers
 
 
 def _data_source(cfg: Any) -> None:
@@ -414,6 +440,10 @@ def flat_fields(cls: type) -> list[tuple[dataclasses.Field, Any, type | None]]:
 
 def coerce(key: str, value: Any, typ: Any) -> Any:
     """Check a config value against a field's type; the error names the key."""
+    if typ is WorkerRange:  # N or "MIN-MAX": WorkerRange.parse checks the value itself
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"config key {key!r}: expected int or str, got {type(value).__name__} {value!r}")
+        return value
     if typing.get_origin(typ) in (typing.Union, types.UnionType):
         if value is None:
             return None

@@ -41,6 +41,11 @@ class Relay:
         self._stop = threading.Event()
         self._progress_shown = False
         self._told: set[int] = set()  # epoch indices passed to on_epoch by this command
+        # Epoch rows wait here until a checkpoint holding them is kept: a row sent before its
+        # checkpoint was written may be trained again after a lost node (with other values), and a
+        # tracker logs each step once. `_kept`: the rows the latest kept checkpoint holds.
+        self._pending: dict[int, dict] = {}
+        self._kept = 0
         # The Train worker groups this command ran, as group_watch.GroupWatch reported them: their
         # size, why each started, when, and the index of the first epoch each one ended.
         self.groups: list[dict] = []
@@ -57,18 +62,20 @@ class Relay:
             # A group that starts from a checkpoint re-tells the checkpoint's rows ("again"): a
             # command that resumes a killed one may never have seen them (the killed driver can die
             # after Ray Train registered an epoch and before its row came through this queue). They
-            # reach the tracker once per command and don't mark where a group began training.
+            # are kept by definition, reach the tracker once per command and don't mark where a
+            # group began training. A new row waits for its checkpoint ("kept"); a row trained
+            # again replaces the one it redoes.
             index, row, again = text
-            if again and index in self._told:
-                return
-            self._told.add(index)
             if not again and self.groups and self.groups[-1]["from_epoch"] is None:
                 self.groups[-1]["from_epoch"] = index
-            if self.on_epoch is not None:
-                try:
-                    self.on_epoch(row, index)
-                except Exception as e:  # noqa: BLE001 - a tracker's failure must not silence the console
-                    self.out.write(f"warning: could not log epoch {index + 1} to the tracker: {e}\n")
+            self._pending[index] = row
+            if again:
+                self._kept = max(self._kept, index + 1)
+            self._release(self._kept)
+            return
+        if kind == "kept":  # a checkpoint holding the run's first `text` epochs is kept (GroupWatch)
+            self._kept = max(self._kept, int(text))
+            self._release(self._kept)
             return
         if kind == "progress":
             if self.tty:
@@ -81,6 +88,19 @@ class Relay:
             self._progress_shown = False
         self.out.write(text + "\n")
         self.out.flush()
+
+    def _release(self, upto: int) -> None:
+        """Pass the waiting rows with an index below `upto` to the tracker, in order, once each."""
+        for index in sorted(i for i in self._pending if i < upto):
+            row = self._pending.pop(index)
+            if index in self._told:
+                continue
+            self._told.add(index)
+            if self.on_epoch is not None:
+                try:
+                    self.on_epoch(row, index)
+                except Exception as e:  # noqa: BLE001 - a tracker's failure must not silence the console
+                    self.out.write(f"warning: could not log epoch {index + 1} to the tracker: {e}\n")
 
     def _run(self) -> None:
         from ray.util.queue import Empty

@@ -10,7 +10,9 @@ driver's node) that puts what it sees on the driver's console queue (console.Rel
   `resized: 2 -> 1 workers, node lost` into the epoch table and keeps the timeline for
   metrics.json;
 - a line `waiting for resources: ...` once the group has waited WAIT_FIRST_S, then every
-  WAIT_EVERY_S while it still waits, naming what it needs and what the cluster has free.
+  WAIT_EVERY_S while it still waits, naming what it needs and what the cluster has free;
+- ("kept", n) when a checkpoint holding the run's first n epochs is kept: the rows a tracker may
+  log (an epoch whose checkpoint was not kept is trained again after a lost node).
 
 The text is made by pure functions below; the callback is the thin Ray shell around them.
 """
@@ -21,7 +23,7 @@ import re
 import threading
 import time
 
-from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2._internal.execution.callback import ControllerCallback, ReportCallback
 
 WAIT_FIRST_S = 20.0  # a group that starts in less is not "waiting"
 WAIT_EVERY_S = 30.0
@@ -108,8 +110,10 @@ def free_by_node() -> list[dict[str, float]]:
         return [dict(ray.available_resources())]
 
 
-class GroupWatch(ControllerCallback):
-    """Puts the worker group's starts and waits on the console queue (see the module's doc)."""
+class GroupWatch(ControllerCallback, ReportCallback):
+    """Puts the worker group's starts and waits on the console queue (see the module's doc), and
+    each checkpoint kept: ("kept", epochs it holds), so the relay passes an epoch's row to a
+    tracker only once it can no longer be trained again."""
 
     def __init__(self, queue, per_worker: dict[str, float], min_workers: int, max_workers: int, command: str):
         self.queue, self.per_worker, self.command = queue, dict(per_worker), command
@@ -170,6 +174,11 @@ class GroupWatch(ControllerCallback):
 
     def before_controller_abort(self) -> None:
         self._done.set()
+
+    # ---- ReportCallback: called after Ray Train registered the checkpoint as the latest ----------
+    def after_report(self, training_report, metrics) -> None:
+        if training_report.checkpoint is not None and metrics and "epochs" in metrics[0]:
+            self._send("kept", metrics[0]["epochs"])
 
     # ---- the waiting line ----------------------------------------------------------------------
     def _watch(self) -> None:

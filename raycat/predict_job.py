@@ -226,8 +226,11 @@ def publish_predictions(run: str, out: str, tally: Tally) -> None:
     still whole or the PUBLISHED note saying they were moved.
 
     Local: one rename (replace_tree), after which the parts folder is gone and predictions/ whole,
-    so a missing parts folder without the note means the rename happened. S3 has no rename: the
-    parts are copied and stay until the note is written."""
+    so a missing parts folder without the note means the rename happened. A rerun may have scored
+    some shards again since (an image added under IMAGES): their new parts recreate the parts
+    folder, and the parts of the shards it reused are still in predictions/ from the rename; those
+    are moved back beside the new ones first, so the rename publishes every shard. S3 has no
+    rename: the parts are copied and stay until the note is written."""
     note, parts, dest = storage.join(run, PUBLISHED), storage.join(run, PARTS), storage.join(out, "predictions")
     which = hashlib.sha256(json.dumps(sorted(tally.ids.items())).encode()).hexdigest()
     if storage.exists(note):
@@ -250,6 +253,10 @@ def publish_predictions(run: str, out: str, tally: Tally) -> None:
             storage.delete_tree(dest)
             storage.copy_tree(parts, dest)
         else:
+            have = set(storage.list_dir(parts))
+            for name in sorted(wanted - have):
+                if storage.exists(storage.join(dest, name)):
+                    storage.replace_tree(storage.join(dest, name), storage.join(parts, name))
             storage.replace_tree(parts, dest)
     storage.write_text(note, which)
 

@@ -49,14 +49,18 @@ def split_digest(layout) -> str:
     return h.hexdigest()[:16]
 
 
-def settings(cfg: TrainConfig, classes: list[str], split: str) -> dict:
-    """What a run computes: the recipe's settings, the classes it learns and the split it learns on."""
-    return {**to_dict(cfg.recipe), "classes": list(classes), "valid_pct": cfg.valid_pct, "split": split}
+def settings(cfg: TrainConfig, classes: list[str], split: str, stepping: dict | None = None) -> dict:
+    """What a run computes: the recipe's settings, the classes it learns and the split it learns on,
+    and what its schedule steps by (`stepping`: the global batch and the steps an epoch, which
+    --workers, --batch-size and the number of images decide between them)."""
+    return {**to_dict(cfg.recipe), "classes": list(classes), "valid_pct": cfg.valid_pct, "split": split,
+            **(stepping or {})}
 
 
-def differences(before: dict, now: dict) -> list[str]:
-    """'key: old -> new' for each setting that differs, sorted by key."""
-    keys = sorted(set(before) | set(now))
+def differences(before: dict, now: dict, written_before: tuple = ()) -> list[str]:
+    """'key: old -> new' for each setting that differs, sorted by key. Keys in `written_before`
+    that `before` lacks are left out: a note from an older raycat did not record them."""
+    keys = sorted(k for k in set(before) | set(now) if k in before or k not in written_before)
     return ["split: the images in train and valid differ (another --labels or --valid-pct, or images added or "
             "removed under DATA)" if k == "split" else f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
             for k in keys if before.get(k) != now.get(k)]
@@ -66,7 +70,11 @@ def _has_checkpoints(uri: str) -> bool:
     return any(n.startswith("checkpoint_") for n in storage.list_dir(uri))
 
 
-def prepare(cfg: TrainConfig, classes: list[str], split: str, name: str = "train") -> str:
+STEPPING_KEYS = ("global_batch", "steps_per_epoch")  # recorded since the review of the elastic round
+
+
+def prepare(cfg: TrainConfig, classes: list[str], split: str, name: str = "train", stepping: dict | None = None
+            ) -> str:
     """Make OUT/checkpoints/<name> ready for this run; returns what happens, for the user.
 
     Called before any cluster time is spent. Raises ResumeError if an unfinished run with other
@@ -75,7 +83,7 @@ def prepare(cfg: TrainConfig, classes: list[str], split: str, name: str = "train
     if name != "train":  # lr-find is one short unit: always a fresh sweep
         storage.delete_tree(where)
         return ""
-    now = settings(cfg, classes, split)
+    now = settings(cfg, classes, split, stepping)
     marker = storage.join(where, MARKER)
     message = ""
     if storage.exists(marker):
@@ -84,7 +92,7 @@ def prepare(cfg: TrainConfig, classes: list[str], split: str, name: str = "train
             storage.delete_tree(where)
             message = f"raycat train: the run in {where} finished; starting a new one"
         elif _has_checkpoints(where):
-            diff = differences(before.get("settings", {}), now)
+            diff = differences(before.get("settings", {}), now, written_before=STEPPING_KEYS)
             if diff:
                 raise ResumeError(
                     f"--out {cfg.out}: holds an unfinished run with other settings ({'; '.join(diff)}). "
@@ -99,8 +107,9 @@ def prepare(cfg: TrainConfig, classes: list[str], split: str, name: str = "train
     return message
 
 
-def mark_finished(cfg: TrainConfig, classes: list[str], split: str, name: str = "train") -> None:
+def mark_finished(cfg: TrainConfig, classes: list[str], split: str, name: str = "train",
+                  stepping: dict | None = None) -> None:
     """After every output is written: the next run with this OUT starts afresh."""
     marker = storage.join(run_dir(cfg.out, name), MARKER)
-    storage.write_text(marker, json.dumps({"settings": settings(cfg, classes, split), "finished": True}, indent=2,
-                                          sort_keys=True) + "\n")
+    storage.write_text(marker, json.dumps({"settings": settings(cfg, classes, split, stepping), "finished": True},
+                                          indent=2, sort_keys=True) + "\n")

@@ -7,6 +7,7 @@ import asyncio
 import os
 import shlex
 import time
+import uuid
 
 from raycat.config import SubmitConfig
 from raycat.errors import BadInput
@@ -24,6 +25,13 @@ def entrypoint(cfg: SubmitConfig) -> str:
     return " ".join(shlex.quote(a) for a in [cfg.python, f"jobs/{cfg.job}.py", *cfg.args])
 
 
+def already_submitted(error: Exception, job_id: str) -> bool:
+    """Whether the Jobs API refused a submission because a job with this id exists (Ray's job
+    manager: "Job with submission_id ... already exists")."""
+    text = str(error)
+    return job_id in text and "already exists" in text
+
+
 def run_submit(cfg: SubmitConfig) -> int:
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if not address:
@@ -37,18 +45,26 @@ def run_submit(cfg: SubmitConfig) -> int:
     runtime_env = {"working_dir": cfg.working_dir, "excludes": EXCLUDES, "env_vars": env}
     # A cluster just started (`ray up`, a new head pod) answers on its dashboard a few seconds
     # after its head is up: wait for it a while rather than fail at once.
+    # One id for every try: a try whose answer was lost (a connection reset after the cluster took
+    # the job) is retried with the same id, and the cluster refuses a second job under it, so the
+    # job never runs twice.
+    job_id = f"raycat-{cfg.job}-{uuid.uuid4().hex[:12]}"
     deadline, said = time.monotonic() + CONNECT_WAIT_S, False
     while True:
         try:
             client = JobSubmissionClient(address)
-            job_id = client.submit_job(entrypoint=entrypoint(cfg), runtime_env=runtime_env)
+            client.submit_job(entrypoint=entrypoint(cfg), runtime_env=runtime_env, submission_id=job_id)
             break
+        except RuntimeError as e:
+            if already_submitted(e, job_id):
+                break  # an earlier try got through
+            raise
         except OSError as e:  # no answer, or the dashboard still starting (requests' errors are OSErrors)
             if time.monotonic() > deadline:
                 raise
             if not said:
                 print(f"raycat submit: {address} is not answering yet ({type(e).__name__}); trying again for up "
-                      f"to {CONNECT_WAIT_S:.0f} s", flush=True)
+                      f"to {CONNECT_WAIT_S:.0f} s with the same job id {job_id}", flush=True)
                 said = True
             time.sleep(2)
     print(f"raycat submit: job {job_id} submitted to {address}")

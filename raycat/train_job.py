@@ -35,6 +35,7 @@ class FitResult:
     cache: bool
     cpus_per_worker: int
     split: str  # resume.split_digest of the layout trained on
+    stepping: dict  # what the schedule steps by: global_batch, steps_per_epoch (resume.settings)
     notes: list[str]  # what the driver decided (the head --weights gave), for metrics.json
     started_at: float  # when the command started (time.time())
     ray_up_at: float  # when Ray was up (joined or started)
@@ -98,16 +99,19 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
     # weights), the plots and tables.
     outputs.check_space(cfg.out, 4 * outputs.model_bytes(model.state_dict()) + 16 * outputs.MB,
                         "the model, its checkpoints and the plots")
-    lo, hi = res.min_workers, res.max_workers
+    lo, hi = res.workers
     if len(layout.train) < hi:
         raise InputError(f"--workers {res.workers}: more workers than training images ({len(layout.train)})")
     recipe = dataclasses.replace(recipe, batch_size=recipe.batch_for(len(layout.train), hi))
+    # What the schedule steps by, whatever the group's size: the global batch and the steps an epoch
+    # (a resumed run must have the same, or its schedule and step numbers would change mid-run).
+    stepping = recipe.stepping(len(layout.train), hi)
     name = "lr_find" if sweeps == SWEEP_ONLY else "train"
     split = resume.split_digest(layout)
     if weights_note:
         print(f"raycat {name}: {weights_note}")
     if resumable:  # tune's trials resume through Tune instead
-        note = resume.prepare(cfg, layout.classes, split, name)
+        note = resume.prepare(cfg, layout.classes, split, name, stepping)
         if note:
             print(note)
     if on_ready is not None:
@@ -118,7 +122,7 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
     from ray.train.torch import TorchTrainer
 
     from raycat import console, group_watch, pipeline, ray_session
-    from raycat.train_worker import WorkerPlan, keep_dir_for, load_result, steps_per_epoch, train_loop
+    from raycat.train_worker import WorkerPlan, load_result, train_loop
 
     ray_session.connect(res.address, res.verbose)
     ray_up_at = time.time()
@@ -137,24 +141,19 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
                              f"{per_worker.get('CPU')} CPU{' + 1 GPU' if res.gpu else ''}"
                              f"{' + the cache' if cache else ''}; lower --workers or --cpus-per-worker")
     print(f"raycat {name}: {len(layout.train)} train and {len(layout.valid)} valid files; "
-          f"{f'{lo} to {hi} workers (elastic)' if res.elastic else f'{hi} worker(s)'} "
+          f"{f'{lo} to {hi} workers (elastic)' if res.workers.elastic else f'{hi} worker(s)'} "
           f"x {cpus} CPU{' + 1 GPU' if res.gpu else ''}; decoded images "
           f"{'kept in memory after the first pass' if cache else 'streamed every epoch'}")
-    # Each group size cuts the valid set its own way; a resized group picks its cut.
-    valid = {w: [pipeline.files_dataset(layout.valid.paths[r::w], layout.valid.labels[r::w]) for r in range(w)]
-             for w in range(lo, hi + 1)}
     plan = WorkerPlan(recipe=recipe, classes=layout.classes, initial_state=ray.put(model.state_dict()),
-                      steps_per_epoch=steps_per_epoch(len(layout.train), hi, recipe.batch_size),
-                      global_batch=recipe.batch_size * hi,
-                      gpu=res.gpu, cache=cache, cpus=cpus, precision=recipe.precision, valid=valid,
-                      sweeps=sweeps, top=cfg.top,
-                      keep_dir=keep_dir_for(cfg.out, split, recipe.size) if res.elastic and cache else None,
+                      steps_per_epoch=stepping["steps_per_epoch"], global_batch=stepping["global_batch"],
+                      gpu=res.gpu, cache=cache, cpus=cpus, precision=recipe.precision,
+                      valid=ray.put((layout.valid.paths, layout.valid.labels)), sweeps=sweeps, top=cfg.top,
                       start=ray.put(start) if start is not None else None)
     relay = console.Relay(on_epoch=on_epoch)
     plan.console = relay.queue
     watch = group_watch.GroupWatch(relay.queue, per_worker, lo, hi, name)
-    elastic = {"elastic_resize_monitor_interval_s": resize_interval_s()} if res.elastic else {}
-    if res.elastic:
+    elastic = {"elastic_resize_monitor_interval_s": resize_interval_s()} if res.workers.elastic else {}
+    if res.workers.elastic:
         # Just after a node is lost, Ray Train may still count it and try to start the old size;
         # that attempt waits this long before it counts again (Ray's default, 60 s, is a minute
         # lost on every node loss). A retry costs nothing: start-up timeouts are not failures.
@@ -162,7 +161,7 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=plan,
-        scaling_config=ScalingConfig(num_workers=(lo, hi) if res.elastic else hi, use_gpu=res.gpu,
+        scaling_config=ScalingConfig(num_workers=(lo, hi) if res.workers.elastic else hi, use_gpu=res.gpu,
                                      resources_per_worker=per_worker, placement_strategy=res.placement, **elastic),
         run_config=run_config(cfg.out, name, [*(callbacks or []), watch]),
         datasets={"train": pipeline.files_dataset(layout.train.paths, layout.train.labels, shuffle_seed=recipe.seed)},
@@ -179,6 +178,7 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
         raise RuntimeError("training ended without a checkpoint")
     result.skipped = sorted(set(result.skipped) | set(layout.bad))  # labels-file rows, unreadable folders
     return FitResult(result=result, classes=layout.classes, cache=cache, cpus_per_worker=cpus, split=split,
+                     stepping=stepping,
                      notes=[weights_note] if weights_note else [], started_at=started_at, ray_up_at=ray_up_at,
                      groups=relay.groups, batch_size=recipe.batch_size)
 
@@ -237,11 +237,12 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
         "unfrozen_lr": state.unfrozen_lr,
         "stopped_early": state.stopped_early,
         "notes": notes,
-        "workers": cfg.resources.max_workers,
+        "workers": cfg.resources.workers.max,
         # each Train worker group this command ran: its size, why it started, from which epoch
         "worker_groups": [{"workers": g["workers"], "reason": g["reason"], "from_epoch": g["from_epoch"],
                            "at_seconds": round(g["at"] - fitted.started_at, 1)} for g in fitted.groups],
         "cpus_per_worker": fitted.cpus_per_worker,
+        "training_dtype": state.precision,  # what --precision came to, decided once for the run
         "batch_size": fitted.batch_size,
         "cache": "memory" if fitted.cache else "stream",
         "worker_nodes": fitted.result.worker_nodes,
@@ -264,7 +265,7 @@ def finish_run(cfg: TrainConfig, fitted: FitResult, tracker) -> dict:
 
     try:
         metrics = write_train_outputs(cfg, fitted, {})
-        resume.mark_finished(cfg, fitted.classes, fitted.split)
+        resume.mark_finished(cfg, fitted.classes, fitted.split, stepping=fitted.stepping)
     except BaseException:
         tracking.fail(tracker)
         raise

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -27,7 +27,7 @@ from raycat.core.data import Batch, batch_share, index_batches, loss_weight
 from raycat.core.decode import decode_batch
 from raycat.core.device import to_device
 from raycat.core.recipe import SWEEP_ALWAYS, RecipeState
-from raycat.pipeline import good_rows
+from raycat.pipeline import files_dataset, good_rows
 
 STATE_FILE = "recipe_state.pt"
 RUN_FILE = "run_info.json"  # beside the state: the workers' nodes and the files they skipped
@@ -46,9 +46,8 @@ class WorkerPlan:
     cache: bool  # keep decoded pixels after the first pass
     cpus: int  # CPUs this worker reserved: its torch and decode threads
     precision: str  # auto | fp32 | bf16
-    valid: dict = field(default_factory=dict)  # group size -> one Ray dataset of valid files per rank
+    valid: object  # ObjectRef of the valid files (paths, labels): each worker cuts its part by its group's size
     sweeps: str = SWEEP_ALWAYS  # which lr_find sweeps the run has (core.recipe.plan)
-    keep_dir: str | None = None  # node-local folder for decoded images across groups (an elastic run)
     start: object = None  # ObjectRef of a RecipeState to start from when there is no checkpoint (or None)
     top: int = 16  # images in each grid of the valid images worth a look
     console: object = None  # the driver's console queue (console.Relay): where rank 0's lines go
@@ -72,17 +71,12 @@ class NoImages(RuntimeError):
 
 class ShardData:
     """This worker's data (core.data.RecipeData): its split of the streamed train files, its part of
-    the valid files, decoded here on `device`."""
+    the valid files, decoded here on `device`. A resized group is new processes: its workers read
+    and decode their (new) shards again in their first pass."""
 
     def __init__(self, train_shard, valid_ds, size: int, batch_size: int, steps_per_epoch: int,
-                 device: torch.device, cache: bool, threads: int, keep_dir: str | None = None):
+                 device: torch.device, cache: bool, threads: int):
         self.train_shard, self.valid_ds = train_shard, valid_ds
-        # An elastic run's decoded train images outlive the worker in this node-local folder: a
-        # resized group is new processes, and its workers on this node take the pixels an earlier
-        # group decoded here instead of decoding those files again.
-        self.keep_dir = keep_dir if cache else None
-        self.kept, self.kept_files = load_kept(self.keep_dir, size) if self.keep_dir else ({}, [])
-        self.n_reused = 0  # train images this worker took from `kept` rather than decoding
         self.size, self.bs, self.steps_per_epoch, self.device, self.cache = size, batch_size, steps_per_epoch, \
             device, cache
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads)) if device.type == "cpu" else None
@@ -92,18 +86,14 @@ class ShardData:
         self.n_train = self.n_valid = 0
         self.valid_paths: list[str] = []  # the valid images, in valid_batches' order (after one whole pass)
 
-    def _decoded(self, batches, paths: list[str] | None = None, kept: dict | None = None) -> Iterator[Batch]:
+    def _decoded(self, batches, paths: list[str] | None = None) -> Iterator[Batch]:
         """Decode streamed {path, label, data, error} batches; bad files are noted, never fatal.
-        The paths of the images yielded are appended to `paths`; files in `kept` (path -> pixels)
-        are taken from there, not decoded."""
+        The paths of the images yielded are appended to `paths`."""
         for b in batches:
             ok = good_rows(b["error"])
             self.skipped.update((str(p), str(e)) for p, e in zip(b["path"][~ok], b["error"][~ok], strict=True))
             idx = np.flatnonzero(ok)
-            if kept:
-                images, errors = self._decode_or_reuse(b, idx, kept)
-            else:
-                images, errors = decode_batch([b["data"][i] for i in idx], self.size, self.device, self.pool)
+            images, errors = decode_batch([b["data"][i] for i in idx], self.size, self.device, self.pool)
             self.skipped.update((str(b["path"][i]), e) for i, e in zip(idx, errors, strict=True) if e)
             keep = [i for i, e in zip(idx, errors, strict=True) if not e]
             if keep:
@@ -111,30 +101,12 @@ class ShardData:
                     paths += [str(b["path"][i]) for i in keep]
                 yield images, to_device(torch.as_tensor(b["label"][keep], dtype=torch.long), self.device)
 
-    def _decode_or_reuse(self, b, idx, kept: dict) -> tuple[torch.Tensor, list[str]]:
-        """decode_batch's (images, errors) for rows `idx` of batch `b`, the files in `kept` taken
-        from there."""
-        reuse = [j for j, i in enumerate(idx) if str(b["path"][i]) in kept]
-        fresh = [j for j in range(len(idx)) if j not in set(reuse)]
-        decoded, fresh_errors = decode_batch([b["data"][idx[j]] for j in fresh], self.size, self.device, self.pool)
-        errors, rows = [""] * len(idx), {}
-        for j in reuse:
-            rows[j] = to_device(kept[str(b["path"][idx[j]])], self.device)
-        it = iter(decoded)
-        for j, e in zip(fresh, fresh_errors, strict=True):
-            errors[j] = e
-            if not e:
-                rows[j] = next(it)
-        self.n_reused += len(reuse)
-        empty = torch.zeros(0, 3, self.size, self.size, dtype=torch.uint8, device=self.device)
-        return (torch.stack([rows[j] for j in sorted(rows)]) if rows else empty), errors
-
     def _stream_train(self) -> Iterator[Batch]:
         """One pass over this worker's split of the train files; counts the readable images and,
         in memory cache mode, keeps them: the next passes come from memory."""
-        kept, n, paths = [], 0, []
+        kept, n = [], 0
         for x, y in self._decoded(self.train_shard.iter_batches(batch_size=self.bs, batch_format="numpy",
-                                                                prefetch_batches=2), paths, self.kept):
+                                                                prefetch_batches=2)):
             n += len(x)
             if self.cache:
                 kept.append((x, y))
@@ -145,18 +117,6 @@ class ShardData:
                            "skipped so far; `raycat check DATA` lists them)")
         if self.cache:
             self.train_cache = (torch.cat([x for x, _ in kept]), torch.cat([y for _, y in kept]))
-            self.kept = {}  # the pixels are in the cache now: let the earlier groups' files go
-            if self.keep_dir:
-                keep_shard(self.keep_dir, paths, self.train_cache[0])
-                # The earlier groups' files are covered by this group's (every train file is in some
-                # worker's shard): drop them, or each resize would add a copy. A worker of this group
-                # still reading one keeps its mapping (Linux frees the file when the last one closes).
-                # A file dropped too early only means the next group decodes those images again.
-                for f in self.kept_files:
-                    try:
-                        os.remove(f)
-                    except OSError:
-                        pass
 
     def train_batches(self, gen: torch.Generator) -> Iterator[Batch]:
         if self.train_cache is not None:
@@ -204,47 +164,19 @@ class ShardData:
             self.valid_cache = (torch.cat([x for x, _ in kept]), torch.cat([y for _, y in kept])) if kept else empty
 
 
-def keep_dir_for(out: str, split: str, size: int) -> str:
-    """The node-local folder where an elastic run's workers leave their decoded train images."""
-    import hashlib
-
-    key = hashlib.sha256(f"{out}|{split}|{size}".encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), "raycat-kept", key)
+HOLD_ENV = "RAYCAT_TEST_HOLD"
 
 
-def keep_shard(keep_dir: str, paths: list[str], pixels: torch.Tensor) -> None:
-    """Leave a worker's decoded shard in `keep_dir` (whole or not at all) for the groups after it."""
-    import uuid
+def hold_for_tests() -> None:
+    """Tests only: while the file $RAYCAT_TEST_HOLD names exists, a worker waits after each
+    checkpoint. tests/test_cluster.py holds the group that goes on after a lost node this way until
+    the node is back and Ray Train has grown the group: the grow is then seen whatever the speed
+    of an epoch (the run used to end first on a fast machine). Unset, it costs one lookup."""
+    import time
 
-    os.makedirs(keep_dir, exist_ok=True)
-    name = os.path.join(keep_dir, f"{uuid.uuid4().hex}.pt")
-    torch.save({"paths": list(paths), "pixels": pixels.cpu()}, name + ".tmp")
-    os.replace(name + ".tmp", name)
-
-
-def load_kept(keep_dir: str, size: int) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """(path -> decoded pixels, the files they are in) that earlier groups left on this node
-    (memory-mapped: only the pixels used are read)."""
-    kept: dict[str, torch.Tensor] = {}
-    files: list[str] = []
-    try:
-        names = sorted(f for f in os.listdir(keep_dir) if f.endswith(".pt"))
-    except FileNotFoundError:
-        return kept, files
-    for f in names:
-        try:
-            d = torch.load(os.path.join(keep_dir, f), mmap=True, weights_only=True)
-        except Exception:  # noqa: BLE001 - a file half gone (another worker cleaning up): decode instead
-            continue
-        files.append(os.path.join(keep_dir, f))
-        if d["pixels"].shape[1:] == (3, size, size):
-            kept.update(zip(d["paths"], d["pixels"], strict=True))
-    return kept, files
-
-
-def steps_per_epoch(n_train: int, workers: int, batch_size: int) -> int:
-    # Ray splits the train files equally: each worker gets n // workers of them.
-    return max(1, math.ceil((n_train // workers) / batch_size))
+    path = os.environ.get(HOLD_ENV)
+    while path and os.path.exists(path):
+        time.sleep(0.2)
 
 
 def load_result(checkpoint) -> WorkerResult | None:
@@ -294,29 +226,27 @@ def train_loop(plan: WorkerPlan) -> None:
     model = create_model(r.arch, len(plan.classes), stem=r.stem)
     model.load_state_dict(ray.get(plan.initial_state))
     comm = TorchComm() if world > 1 else LocalComm()
-    data = ShardData(ray.train.get_dataset_shard("train"), plan.valid[world][rank], r.size, r.batch_size,
-                     plan.steps_per_epoch, device, plan.cache, plan.cpus, plan.keep_dir)
+    # This group's cut of the valid set (each group size cuts it its own way), made here when the
+    # group starts: the driver holds only the list.
+    valid_paths, valid_labels = ray.get(plan.valid)
+    valid_ds = files_dataset(valid_paths[rank::world], valid_labels[rank::world])
+    data = ShardData(ray.train.get_dataset_shard("train"), valid_ds, r.size, r.batch_size, plan.steps_per_epoch,
+                     device, plan.cache, plan.cpus)
     node = ray.get_runtime_context().get_node_id()
     nodes = comm.gather_objects(node)
     previous = load_result(ray.train.get_checkpoint())
-
-    told_reuse: list[int] = []
 
     def checkpoint(state: RecipeState) -> None:
         last = state.history[-1] if state.history else {}
         loss = last.get("valid_loss", math.inf)
         # Schedulers compare this number: no epoch yet, or a diverged one, reads as very bad, not NaN.
+        # `epochs`: the rows this checkpoint holds (once it is kept, the driver's tracker logs them).
         metrics = {"units_done": state.units_done, "stage": last.get("stage", "lr_find"),
-                   "valid_loss": loss if math.isfinite(loss) else 1e9, "accuracy": last.get("accuracy", 0.0)}
-        found = comm.gather_objects((sorted(data.skipped), data.n_train, data.n_valid, data.n_reused))
+                   "valid_loss": loss if math.isfinite(loss) else 1e9, "accuracy": last.get("accuracy", 0.0),
+                   "epochs": len(state.history)}
+        found = comm.gather_objects((sorted(data.skipped), data.n_train, data.n_valid))
         # Every rank reaches the final state together: the gather is collective.
         valid_paths = comm.gather_objects(data.valid_paths) if state.final else None
-        if state.final and plan.keep_dir:  # the run is done: nothing more for a later group
-            shutil.rmtree(plan.keep_dir, ignore_errors=True)
-        reused = sum(f[3] for f in found)
-        if rank == 0 and reused and not told_reuse:
-            told_reuse.append(reused)
-            log(f"reused {reused} decoded train images the group before left on its nodes; decoded the rest")
         if rank != 0:
             ray.train.report(metrics)
             return
@@ -336,6 +266,7 @@ def train_loop(plan: WorkerPlan) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        hold_for_tests()
 
     state = previous.state if previous else (ray.get(plan.start) if plan.start is not None else RecipeState())
     if plan.console is not None and rank == 0:
@@ -354,7 +285,10 @@ def train_loop(plan: WorkerPlan) -> None:
         sent[0] = len(s.history)
         checkpoint(s)
 
-    precision = resolve_precision(r.precision, device)
+    # Decided once for the run: rank 0's reading of `auto` on its device, for every rank (ranks on
+    # other kinds of CPU would otherwise train in different dtypes); a resumed run keeps the dtype
+    # it started in (core.recipe.run says so where this node would have chosen another).
+    precision = comm.gather_objects(resolve_precision(r.precision, device))[0]
     if rank == 0 and r.precision == "auto" and not previous:
         log(f"precision auto: {precision} on this {device.type}")
     core_recipe.run(r, model, data, comm, device, state, checkpoint_and_tell, log, plan.sweeps,

@@ -59,9 +59,9 @@ def max_concurrent(cfg: TuneConfig, per_trial_cpus: int, cluster_cpus: float, cl
     """Trials at once: what the cluster can hold (each trial: its Train workers' CPUs; the trial's
     own driver and its read tasks reserve none), capped by --max-concurrent when that is smaller."""
     res = cfg.resources
-    fit = int(cluster_cpus // max(1, per_trial_cpus * res.max_workers))
+    fit = int(cluster_cpus // max(1, per_trial_cpus * res.workers.max))
     if res.gpu:
-        fit = min(fit, int(cluster_gpus // res.max_workers))
+        fit = min(fit, int(cluster_gpus // res.workers.max))
     fit = max(1, fit)
     if cfg.max_concurrent and cfg.max_concurrent > fit:
         print(f"raycat tune: --max-concurrent {cfg.max_concurrent} is more than the cluster holds; using {fit}")
@@ -98,12 +98,12 @@ def run_tune(cfg: TuneConfig) -> int:
     ray_session.connect(cfg.resources.address, cfg.resources.verbose, dashboard=True)
     _keep_credentials_out_of_runtime_envs()
     res = ray.cluster_resources()
-    cpus = ray_session.worker_cpus(cfg.resources.cpus_per_worker, cfg.resources.max_workers, cfg.resources.gpu,
+    cpus = ray_session.worker_cpus(cfg.resources.cpus_per_worker, cfg.resources.workers.max, cfg.resources.gpu,
                                    ray_session.node_cpus())
     concurrent = max_concurrent(cfg, cpus, res.get("CPU", 1), res.get("GPU", 0))
     if cfg.resources.cpus_per_worker == 0 and concurrent > 1:
         # Share the cluster between the trials that run at once, rather than one trial holding it all.
-        cpus = max(1, int(res.get("CPU", 1)) // (concurrent * cfg.resources.max_workers))
+        cpus = max(1, int(res.get("CPU", 1)) // (concurrent * cfg.resources.workers.max))
     sweep = dataclasses.replace(cfg, resources=dataclasses.replace(cfg.resources, cpus_per_worker=cpus))
     param_space = {**to_tune(space), "_recipe": to_dict(cfg.recipe), "_sweep": sweep}
     # The first cut comes after a real epoch: unit 1 is lr_find (no valid loss) unless the trials

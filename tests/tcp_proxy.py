@@ -6,7 +6,9 @@ S3 server behind keeps its data, which a restart of moto would not.
 
 `down_at(pattern, seconds)` arms an outage that starts at the first request whose bytes contain
 `pattern` (say, the first PUT under a staging prefix), before that request reaches the server:
-the fault lands at an exact point of a job, not at a moment a timer guessed.
+the fault lands at an exact point of a job, not at a moment a timer guessed. With `deliver=True`
+the request reaches the server first and the outage cuts off its answer: the server acted on a
+request whose client saw only a reset connection.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class TcpProxy:
         self.is_up = True
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
-        self._trigger: tuple[bytes, float | None] | None = None
+        self._trigger: tuple[bytes, float | None, bool] | None = None
+        self._doomed: dict[socket.socket, float | None] = {}  # server sockets whose next answer starts an outage
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind((host, 0))
@@ -61,9 +64,9 @@ class TcpProxy:
         if seconds is not None:
             threading.Timer(seconds, self.up).start()
 
-    def down_at(self, pattern: bytes, seconds: float | None = None) -> None:
+    def down_at(self, pattern: bytes, seconds: float | None = None, deliver: bool = False) -> None:
         with self._lock:
-            self._trigger = (pattern, seconds)
+            self._trigger = (pattern, seconds, deliver)
 
     def close(self) -> None:
         self.down()
@@ -95,9 +98,19 @@ class TcpProxy:
                 if from_client and self._trigger is not None and self._trigger[0] in data:
                     with self._lock:
                         trigger, self._trigger = self._trigger, None
-                    if trigger is not None:
+                    if trigger is not None and trigger[2]:
+                        # Delivered: the outage starts when the server's answer comes (see below).
+                        with self._lock:
+                            self._doomed[dst] = trigger[1]
+                    elif trigger is not None:
                         self.down(trigger[1])  # resets src and dst too: this request never arrives
                         return
+                if not from_client and src in self._doomed:
+                    # The server acted on the request and answers: the answer is lost in the outage.
+                    with self._lock:
+                        seconds = self._doomed.pop(src, None)
+                    self.down(seconds)
+                    return
                 if not self.is_up:
                     return
                 dst.sendall(data)

@@ -102,15 +102,17 @@ def _sync_rank(rank, port, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     bn = nn.BatchNorm1d(2)
     bn.running_mean.fill_(float(rank + 1))  # rank 0: 1, rank 1: 2
+    bn.running_var.fill_(0.5 * (rank + 1))  # rank 0: 0.5, rank 1: 1.0
     bn.num_batches_tracked.fill_(10 * (rank + 1))
     TorchComm().sync_buffers(bn)
-    out[rank] = (bn.running_mean.tolist(), int(bn.num_batches_tracked))
+    out[rank] = (bn.running_mean.tolist(), bn.running_var.tolist(), int(bn.num_batches_tracked))
     dist.destroy_process_group()
 
 
 def test_workers_end_an_epoch_with_the_mean_of_their_statistics():
     """Each rank re-takes BatchNorm's statistics from its own batches; every rank then scores (and
-    rank 0 saves) their mean: two real gloo processes."""
+    rank 0 saves) the statistics of all their batches: the mean of the means, and the mean of the
+    variances plus the spread of the ranks' means (0.75 + 0.25 here): two real gloo processes."""
     import socket
 
     import torch.multiprocessing as mp
@@ -120,4 +122,4 @@ def test_workers_end_an_epoch_with_the_mean_of_their_statistics():
         port = s.getsockname()[1]
     out = mp.Manager().dict()
     mp.spawn(_sync_rank, args=(port, out), nprocs=2)
-    assert out[0] == out[1] == ([1.5, 1.5], 10)
+    assert out[0] == out[1] == ([1.5, 1.5], [1.0, 1.0], 10)

@@ -28,7 +28,7 @@ def test_flags_override_config_file(tmp_path):
                            "--workers", "2"])
     assert isinstance(cfg, TrainConfig)
     assert cfg.recipe.lr_mult == 5.0 and cfg.recipe.arch == "resnet50" and cfg.recipe.head_cycles == 1
-    assert cfg.resources.workers == 2
+    assert cfg.resources.workers == (2, 2) and str(cfg.resources.workers) == "2"
 
 
 def test_yaml_config(tmp_path):

@@ -159,7 +159,7 @@ def test_a_preemptible_group_beside_the_on_demand_one_and_an_elastic_example():
 
     args = job["spec"]["entrypoint"].split()[2:]
     _, cfg = parse_config(["train", *args])
-    assert cfg.resources.elastic and cfg.resources.max_workers <= sum(
+    assert cfg.resources.workers.elastic and cfg.resources.workers.max <= sum(
         t["max_workers"] for n, t in types.items() if t["resources"].get("GPU"))
 
 

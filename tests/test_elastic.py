@@ -34,9 +34,9 @@ def test_a_range_is_for_train_and_tune_only(tmp_path, capsys):
     from raycat.cli import parse_config
 
     _, cfg = parse_config(["tune", "d", "--out", "o", "--workers", "2-4"])
-    assert (cfg.resources.min_workers, cfg.resources.max_workers, cfg.resources.elastic) == (2, 4, True)
+    assert (*cfg.resources.workers, cfg.resources.workers.elastic) == (2, 4, True)
     _, cfg = parse_config(["train", "d", "--out", "o", "--workers", "3"])
-    assert (cfg.resources.workers, cfg.resources.elastic) == (3, False)
+    assert (cfg.resources.workers, cfg.resources.workers.elastic) == ((3, 3), False)
     with pytest.raises(SystemExit):
         parse_config(["predict", "m", "i", "--out", "o", "--workers", "1-2"])
 
@@ -48,7 +48,7 @@ def test_a_config_file_may_give_the_range_or_a_number(tmp_path):
         path = tmp_path / "c.json"
         path.write_text('{"workers": %s}' % value)
         _, cfg = parse_config(["train", "d", "--out", "o", "--config", str(path)])
-        assert (cfg.resources.min_workers, cfg.resources.max_workers) == expected
+        assert tuple(cfg.resources.workers) == expected
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5, 8])
@@ -191,57 +191,37 @@ class FakeShard:
                    "data": np.array([d for _, d in part], dtype=object), "error": np.array([""] * len(part))}
 
 
-def test_a_resized_group_takes_the_pixels_the_group_before_decoded_on_its_node(tmp_path, monkeypatch):
+def test_a_worker_keeps_its_decoded_shard_in_its_own_memory_and_writes_nothing(tmp_path, monkeypatch):
+    """The decoded cache has one owner, the worker process: nothing on the node's disk to leak when
+    a run is stopped, killed or cut by ASHA, or to hand stale pixels to a later group. A resized
+    group (new processes) decodes its shard again: what its files hold now."""
     import io
+    import tempfile
 
     from PIL import Image
 
     from raycat import train_worker
-    from raycat.core import decode
 
-    files = []
-    for i in range(12):
+    def png(v):
         buf = io.BytesIO()
-        Image.new("RGB", (40, 30), (i * 20, 100, 50)).save(buf, format="PNG")
-        files.append((f"/data/train/a/{i}.png", buf.getvalue()))
-    decoded = []
-    real = decode.decode_batch
-    monkeypatch.setattr(train_worker, "decode_batch",
-                        lambda blobs, *a, **k: (decoded.extend(blobs), real(blobs, *a, **k))[1])
-    keep = str(tmp_path / "kept")
+        Image.new("RGB", (40, 30), (v, 100, 50)).save(buf, format="PNG")
+        return buf.getvalue()
 
-    def worker(shard_files, keep_dir):
-        return train_worker.ShardData(FakeShard(shard_files), None, 16, 4, 2, torch.device("cpu"), cache=True,
-                                      threads=1, keep_dir=keep_dir)
+    files = [(f"/data/train/a/{i}.png", png(i * 20)) for i in range(12)]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
-    def one_pass(shard_files, keep_dir):
-        data = worker(shard_files, keep_dir)
+    def group_pass(shard_files):
+        data = train_worker.ShardData(FakeShard(shard_files), None, 16, 4, 3, torch.device("cpu"), cache=True,
+                                      threads=1)
         list(data.train_pass())
         return data
 
-    # Two workers of the first group (started together) each decode their half once and leave it
-    # on the node.
-    firsts = [worker(files[r::2], keep) for r in range(2)]
-    for w in firsts:
-        list(w.train_pass())
-    assert len(decoded) == 12
-    # The group after (one worker, all 12 files) takes all 12 from there: nothing decoded again,
-    # and the pixels are the ones a fresh decode gives, in its own order.
-    decoded.clear()
-    after = one_pass(files, keep)
-    assert decoded == [] and after.n_reused == 12
-    fresh = one_pass(files, None)
-    assert torch.equal(after.train_cache[0], fresh.train_cache[0])
-    assert torch.equal(firsts[1].train_cache[0], fresh.train_cache[0][1::2])
-    # A file no group decoded here is decoded; the rest are taken.
-    decoded.clear()
-    extra = ("/data/train/a/new.png", files[0][1])
-    later = one_pass([*files[:5], extra], keep)
-    assert len(decoded) == 1 and later.n_reused == 5
-    # Each group's files replace the ones it took from: resizes do not pile up copies.
-    assert len(list((tmp_path / "kept").iterdir())) == 1
-    # Without a keep folder (a fixed group), nothing is left behind.
-    assert sorted(p.name for p in (tmp_path).iterdir()) == ["kept"]
+    before = group_pass(files)
+    assert before.train_cache is not None and len(before.train_cache[0]) == 12
+    files[0] = (files[0][0], png(255))  # edited in place between two groups
+    after = group_pass(files)
+    assert int(after.train_cache[0][0, 0, 0, 0]) == 255 != int(before.train_cache[0][0, 0, 0, 0])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_sweep_s_trials_are_elastic_groups_and_the_sweep_counts_their_max():
@@ -252,7 +232,7 @@ def test_a_sweep_s_trials_are_elastic_groups_and_the_sweep_counts_their_max():
 
     sweep = TuneConfig(data="d", out="o", resources=TrainResources(workers="1-3"))
     trial = sweep.trial(Recipe(), "o/trials/t0").resources
-    assert (trial.min_workers, trial.max_workers, trial.elastic) == (1, 3, True)
+    assert (*trial.workers, trial.workers.elastic) == (1, 3, True)
     assert max_concurrent(sweep, 1, cluster_cpus=6, cluster_gpus=0) == 2
 
 

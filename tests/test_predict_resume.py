@@ -205,3 +205,55 @@ def test_images_changed_after_the_parts_were_published_start_afresh(model_and_im
     with pytest.raises(BadInput, match="changed while an earlier run"):
         _finish(model, images, str(tmp_path / "out"), run, fewer)
     assert not os.path.exists(run)
+
+
+def test_a_run_cut_after_its_parts_moved_then_rerun_on_a_changed_listing_publishes_every_shard(
+        model_and_images, tmp_path, monkeypatch):
+    """Local OUT: killed after the parts folder became predictions/ and before the note said so;
+    then one image added under IMAGES; then the same command. The rerun scores the one shard that
+    changed (its part recreates the parts folder) and reuses the others, whose parts are already in
+    predictions/: all of them must be published, not the one new part alone."""
+    model, shared = model_and_images
+    images = str(tmp_path / "images")
+    shutil.copytree(shared, images)
+    out = str(tmp_path / "out")
+    run = storage.join(out, ".raycat-predict")
+
+    def class_shards():  # one shard a class folder, as the listing cuts a labelled tree (a unit a folder)
+        paths = sorted(storage.list_files(images))
+        return [listing.shard_row(f"{i:05d}-000000", [p for p in paths if os.path.basename(os.path.dirname(p)) == c],
+                                  [i] * sum(os.path.basename(os.path.dirname(p)) == c for p in paths), [])
+                for i, c in enumerate(CLASSES)]
+
+    def score(done):
+        folder, card = model_card.find(model)
+        scorer = Scorer(spec_for(model, run, done))
+        tally = predict_job.Tally(card.classes, 4, images=images)
+        for row in class_shards():
+            tally.add(scorer.score_shard(row))
+        return tally
+
+    tally = score(frozenset())
+    log = _count_writes(monkeypatch)
+    real_write_text = storage.write_text
+
+    def cut_at_the_note(uri, *a, **k):
+        if uri.endswith(predict_job.PUBLISHED):
+            raise Cut(uri)
+        return real_write_text(uri, *a, **k)
+
+    monkeypatch.setattr(storage, "write_text", cut_at_the_note)
+    with pytest.raises(Cut):
+        _finish(model, images, out, run, tally)
+    monkeypatch.undo()
+    assert any(s.startswith("replace_tree") for s in log)  # the parts had moved
+    assert not storage.exists(storage.join(run, "parts"))
+    added = os.path.join(images, CLASSES[0], "added.jpg")
+    shutil.copy(sorted(storage.list_files(os.path.join(images, CLASSES[0])))[0], added)
+    rerun = score(frozenset(s["shard"] for s in [json.loads(storage.read_text(storage.join(run, "done", n)))
+                                                 for n in storage.list_dir(storage.join(run, "done"))]))
+    assert rerun.resumed_shards == len(CLASSES) - 1  # only the grown shard was scored again
+    m = _finish(model, images, out, run, rerun)
+    got = _outputs(out)
+    assert len(got["predictions"]) == m["n_images"] == tally.n_images + 1
+    assert added in set(got["predictions"]["path"])

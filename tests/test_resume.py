@@ -109,3 +109,24 @@ def test_a_rerun_on_another_split_is_refused(tmp_path):
     shutil.copytree(root, tmp_path / "copy")
     assert resume.split_digest(scan_layout(str(tmp_path / "copy"), valid_pct=0.2, seed=0)) == a
     assert "resuming" in resume.prepare(c, CLASSES, a)
+
+
+def test_resuming_with_workers_that_change_the_global_batch_or_the_steps_is_refused(tmp_path):
+    """ants/bees (245 images) with --workers 1 trains at 16 a step, 16 steps an epoch; resumed with
+    --workers 4 it would take 32 a step (8 a worker), 8 steps: the schedule and steps.csv's step
+    numbers would change mid-run. The same global batch and steps on another group size go on."""
+    one, four = cfg(tmp_path, workers=1), cfg(tmp_path, workers=4)
+    assert one.recipe.stepping(245, 1) == {"global_batch": 16, "steps_per_epoch": 16}
+    resume.prepare(one, CLASSES, SPLIT, stepping=one.recipe.stepping(245, 1))
+    fake_checkpoint(one)
+    with pytest.raises(resume.ResumeError, match=r"global_batch: 16 -> 32; steps_per_epoch: 16 -> 8"):
+        resume.prepare(four, CLASSES, SPLIT, stepping=four.recipe.stepping(245, 4))
+    elastic = cfg(tmp_path, workers="1-1")  # the same MAX: the same batch and steps
+    assert "resuming" in resume.prepare(elastic, CLASSES, SPLIT, stepping=elastic.recipe.stepping(245, 1))
+
+
+def test_a_note_written_before_the_steps_were_recorded_still_resumes(tmp_path):
+    c = cfg(tmp_path)
+    resume.prepare(c, CLASSES, SPLIT)  # an older raycat's note: no global_batch, no steps_per_epoch
+    fake_checkpoint(c)
+    assert "resuming" in resume.prepare(c, CLASSES, SPLIT, stepping=c.recipe.stepping(245, 1))

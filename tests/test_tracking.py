@@ -204,25 +204,32 @@ def test_epochs_are_numbered_by_their_index_in_the_run_s_history(ray_local):
     run's series go on from the earlier run's instead of starting again at 0. A group that starts
     from a checkpoint tells its epochs again, flagged so: a resumed command's tracker gets them (the
     killed driver may have died before their rows reached it), but only once per command, and they
-    don't count as the epochs the group trained."""
+    don't count as the epochs the group trained. A row reaches the tracker once its checkpoint is
+    kept: an epoch trained again after a lost node is logged once, with the values the run kept."""
     import io
 
     from raycat import console
 
     seen = []
-    relay = console.Relay(out=io.StringIO(), on_epoch=lambda row, i: seen.append((row["epoch"], i)))
+    relay = console.Relay(out=io.StringIO(), on_epoch=lambda row, i: seen.append((row["loss"], i)))
     _, _, epoch_row = console.sender(relay.queue)
+    kept = lambda n: relay.queue.put(("kept", n))  # noqa: E731 - what GroupWatch sends as Ray Train keeps one
     relay.queue.put(("group", {"workers": 2, "reason": "start", "at": 0.0}))
     for i in range(3):  # the command resumed a run whose checkpoint holds 3 epochs
-        epoch_row(i, {"stage": "unfrozen", "epoch": i}, True)
-    for i in (3, 4):
-        epoch_row(i, {"stage": "unfrozen", "epoch": i})
+        epoch_row(i, {"loss": i}, True)
+    epoch_row(3, {"loss": 3})
+    kept(4)
+    epoch_row(4, {"loss": 4})  # its row is out; its checkpoint is not kept when the node is lost
     relay.queue.put(("group", {"workers": 1, "reason": "a node was lost", "at": 1.0}))
-    for i in range(4):  # the next group starts from the checkpoint of epoch 4 ...
-        epoch_row(i, {"stage": "unfrozen", "epoch": i}, True)
-    epoch_row(4, {"stage": "unfrozen", "epoch": 4})  # ... and trains epoch 5 again
+    for i in range(4):  # the next group starts from the checkpoint of 4 epochs ...
+        epoch_row(i, {"loss": i}, True)
+    epoch_row(4, {"loss": 4.5})  # ... and trains epoch 5 again, to other values
+    kept(5)
+    epoch_row(5, {"loss": 5})  # a last row, then the kept note overtaken by nothing: held until kept
+    kept(6)
     relay.close()
-    assert seen == [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (4, 4)]
+    # Each step once, with the value of the epoch the run kept
+    assert seen == [(0, 0), (1, 1), (2, 2), (3, 3), (4.5, 4), (5, 5)]
     assert [g["from_epoch"] for g in relay.groups] == [3, 4]
     # close() wakes the relay's thread (its get waits up to 30 s for a line) behind what is queued
     assert not relay._thread.is_alive()
@@ -256,20 +263,24 @@ def test_a_tracker_that_fails_after_the_outputs_are_written_warns_and_the_run_st
     import json
     import time
 
-    from test_recipe import go, recipe, setup
+    import torch
+    from test_recipe import recipe, setup
 
     from raycat import train_job
     from raycat.config import TrainConfig
+    from raycat.core.comm import LocalComm
+    from raycat.core.recipe import SWEEP_UNLESS_LR, run
     from raycat.train_worker import WorkerResult
 
     r = recipe(unfrozen_cycles=1, precompute_epochs=0, head_cycles=0, tta=0)
     model, data = setup()
-    state = go(r, model, data)
+    state = run(r, model, data, LocalComm(), torch.device("cpu"), log=lambda s: None, sweeps=SWEEP_UNLESS_LR)
     cfg = TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "out"), recipe=r)
     now = time.time()
     fitted = train_job.FitResult(
         result=WorkerResult(state=state, worker_nodes=["node"], skipped=[], n_train=24, n_valid=8, grids={}),
-        classes=["a", "b"], cache=True, cpus_per_worker=1, split="0123", notes=[], started_at=now, ray_up_at=now,
+        classes=["a", "b"], cache=True, cpus_per_worker=1, split="0123", stepping={}, notes=[], started_at=now,
+        ray_up_at=now,
         groups=[], batch_size=8)
     ended = []
 

@@ -60,14 +60,29 @@ class TorchComm:
         return out
 
     def sync_buffers(self, module: nn.Module) -> None:
-        """The same buffers (BatchNorm's running statistics) on every rank: the ranks' mean.
+        """The same buffers (BatchNorm's running statistics) on every rank: those of all the ranks'
+        batches together.
 
         DDP broadcasts buffers at the start of each forward, and then every rank updates them with
         its own batch; core.bn_stats re-takes them from each rank's own last batches. Without this,
         each rank would score its part of the valid set with a different model from the one rank 0
-        saves. The mean of the ranks' statistics is the statistics of all their batches; counters
-        (num_batches_tracked) are rank 0's."""
+        saves. The pooled mean is the ranks' mean (equal shares); the pooled variance is the mean
+        of the ranks' variances plus the spread of their means around the pooled mean (the law of
+        total variance), which averaging the variances alone would leave out. Other floating
+        buffers are averaged; counters (num_batches_tracked) are rank 0's."""
+        pooled = set()
+        for m in module.modules():
+            mean, var = getattr(m, "running_mean", None), getattr(m, "running_var", None)
+            if isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor):
+                square = mean * mean
+                for t in (mean, var, square):
+                    self.dist.all_reduce(t)
+                    t.div_(self.world_size)
+                var.add_(square - mean * mean)
+                pooled |= {id(mean), id(var)}
         for b in module.buffers():
+            if id(b) in pooled:
+                continue
             if b.is_floating_point():
                 self.dist.all_reduce(b)
                 b.div_(self.world_size)

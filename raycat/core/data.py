@@ -12,6 +12,7 @@ from typing import Iterable, Iterator, Protocol
 
 import torch
 
+from raycat import config
 from raycat.core.device import to_device
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, 3, H, W) on the device, int64 labels (N,)
@@ -65,10 +66,6 @@ def index_batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> 
         yield order[s * batch_size:(s + 1) * batch_size]
 
 
-def steps_for(n_items: int, batch_size: int) -> int:
-    return max(1, math.ceil(n_items / batch_size))
-
-
 class TensorData:
     """The recipe's data from uint8 tensors in memory (N, 3, H, W), moved batch by batch to `device`."""
 
@@ -77,7 +74,7 @@ class TensorData:
         self.train_x, self.train_y = torch.as_tensor(train_x), torch.as_tensor(train_y).long()
         self.valid_x, self.valid_y = torch.as_tensor(valid_x), torch.as_tensor(valid_y).long()
         self.bs, self.device = batch_size, device or torch.device("cpu")
-        self.steps_per_epoch = steps_per_epoch or steps_for(len(self.train_x), batch_size)
+        self.steps_per_epoch = steps_per_epoch or config.steps_per_epoch(len(self.train_x), 1, batch_size)
 
     def train_batches(self, gen: torch.Generator) -> Iterator[Batch]:
         for idx in index_batches(len(self.train_x), self.bs, self.steps_per_epoch, gen):

@@ -66,6 +66,7 @@ class RecipeState:
     notes: list[str] = field(default_factory=list)  # what the guard saw, for metrics.json
     final: dict = field(default_factory=dict)
     started_from: str = "the latest checkpoint"  # where a run given this state says it resumes from
+    precision: str | None = None  # the dtype the run trains in (fp32 | bf16), fixed at its start
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,6 +126,10 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
     r = recipe.resolved()
     state = state or RecipeState()
     say = log if comm.rank == 0 else (lambda _: None)
+    if state.precision and state.precision != precision:
+        # (a resumed run on a node that reads --precision auto otherwise: the run keeps its dtype)
+        say(f"precision: {state.precision}, as the run started (this {device.type} would have taken {precision})")
+    precision = state.precision = state.precision or precision
     if state.model_state is not None:
         model.load_state_dict(state.model_state)
     optim = Optim(r.momentum, r.weight_decay, r.nesterov, r.label_smoothing)
