@@ -164,6 +164,15 @@ class ShardData:
             self.valid_cache = (torch.cat([x for x, _ in kept]), torch.cat([y for _, y in kept])) if kept else empty
 
 
+def valid_part(valid: tuple[list[str], list[int]], rank: int, world: int) -> tuple[list[str], list[int]]:
+    """Rank `rank`'s part of the valid set (paths, labels) in a group of `world` workers: every
+    `world`-th file from its rank on, so the parts of any group size hold each file once. Each
+    worker cuts its own when its group starts; the driver hands over the one list whatever MAX is
+    (it used to build a dataset for every rank of every group size, about MAX^2 / 2 of them)."""
+    paths, labels = valid
+    return paths[rank::world], labels[rank::world]
+
+
 HOLD_ENV = "RAYCAT_TEST_HOLD"
 
 
@@ -228,8 +237,7 @@ def train_loop(plan: WorkerPlan) -> None:
     comm = TorchComm() if world > 1 else LocalComm()
     # This group's cut of the valid set (each group size cuts it its own way), made here when the
     # group starts: the driver holds only the list.
-    valid_paths, valid_labels = ray.get(plan.valid)
-    valid_ds = files_dataset(valid_paths[rank::world], valid_labels[rank::world])
+    valid_ds = files_dataset(*valid_part(ray.get(plan.valid), rank, world))
     data = ShardData(ray.train.get_dataset_shard("train"), valid_ds, r.size, r.batch_size, plan.steps_per_epoch,
                      device, plan.cache, plan.cpus)
     node = ray.get_runtime_context().get_node_id()

@@ -265,3 +265,13 @@ def test_a_fixed_group_the_cluster_cannot_hold_says_it_waits_and_what_it_needs(r
     line = next((x for x in text.splitlines() if "waiting for resources" in x), None)
     assert line is not None, text[-3000:]
     assert "needs 2 worker(s) x 2 CPU" in line and "free:" in line, line
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+def test_each_group_s_workers_cut_the_valid_set_into_parts_that_hold_each_file_once(world):
+    from raycat.train_worker import valid_part
+
+    valid = ([f"v/{i}.jpg" for i in range(20)], [i % 3 for i in range(20)])
+    parts = [valid_part(valid, r, world) for r in range(world)]
+    assert sorted(p for ps, _ in parts for p in ps) == sorted(valid[0])
+    assert all(dict(zip(*valid))[p] == y for ps, ys in parts for p, y in zip(ps, ys))
