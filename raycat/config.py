@@ -22,7 +22,11 @@ from typing import Any
 
 from raycat.errors import ConfigError
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnext50_32x4d")
+# Bodies (raycat/core/bodies.py): torchvision's ResNets by these names, any other CNN of timm's zoo
+# by its name; the default's ImageNet weights come with the install (raycat/weights.py).
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                     "resnext101_32x8d", "wide_resnet50_2")
+DEFAULT_ARCH = "tf_efficientnet_lite0"
 AUG_PRESETS = ("side_on", "top_down", "flip_shift", "none")
 STEMS = ("imagenet", "small", "small_pool")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -85,7 +89,8 @@ class Recipe:
     """What a training run computes (docs/contract.md, 'The staged recipe'). None means: chosen from
     --weights (see `resolved`)."""
 
-    arch: str = arg("resnet34", "torchvision architecture", choices=ARCHS)
+    arch: str = arg(DEFAULT_ARCH, "the body: torchvision's resnet18|34|50|101|152, resnext50_32x4d..., or any CNN of "
+                    "timm's (tf_efficientnet_lite0, convnext_tiny, resnet50d, ...)")
     weights: str = arg("imagenet", "imagenet | none | path or URI of a state dict or a raycat model/ folder")
     stem: str = arg("imagenet", "the body's stem: imagenet (7x7 stride 2, max-pool), small (3x3 stride 1, "
                     "for images of 64 px or less), small_pool (small, then a max-pool)", choices=STEMS)
@@ -122,7 +127,8 @@ class Recipe:
     tta: int = arg(4, "augmented views for TTA on the valid set at the end (0: none)")
 
     def __post_init__(self) -> None:
-        for name, choices in (("arch", ARCHS), ("aug", AUG_PRESETS), ("stem", STEMS), ("precision", PRECISIONS),
+        _check(bool(self.arch) and isinstance(self.arch, str), "arch", "must name a body")
+        for name, choices in (("aug", AUG_PRESETS), ("stem", STEMS), ("precision", PRECISIONS),
                               ("schedule", SCHEDULES), ("lr_suggest", LR_SUGGESTIONS)):
             _choice(self, name, choices)
         _check(bool(self.weights), "weights", "must be imagenet, none, or a path or URI")

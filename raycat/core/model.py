@@ -1,25 +1,22 @@
-"""The classifier: a torchvision ResNet body, concat pooling and fast.ai's head, in 3 layer groups.
+"""The classifier: a body (core/bodies.py: torchvision's ResNets or timm's CNNs), concat pooling and
+fast.ai's head, in 3 layer groups: early body, late body, head. Each body says where it is cut;
+the head is the third group. The classifier carries the normalisation its body expects.
 
-Layer groups are cut by a rule, not by indices: the body's residual stages (`layer1..layerN`) are
-split in half, so group 0 is the stem plus the first half of the stages, group 1 the second half,
-and group 2 the head. That holds for every supported architecture.
-
-The `small` stem (a 3x3 stride-1 convolution and no max-pool) is for images of 64 px or less:
-ImageNet's stem (a 7x7 stride-2 convolution, then a max-pool) divides the side by 4 before the
+The `small` stem (a 3x3 stride-1 convolution and no max-pool) is for ResNets on images of 64 px or
+less: ImageNet's stem (a 7x7 stride-2 convolution, then a max-pool) divides the side by 4 before the
 first residual stage, which leaves a 7x7 map from a 28 px garment. `small_pool` keeps the max-pool:
 a quarter of `small`'s compute for a 14x14 map at the first stage.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 import torch.nn as nn
 
+from raycat.core import bodies
 from raycat.errors import BadInput
 
-STEMS = ("imagenet", "small", "small_pool")
+STEMS = bodies.STEMS
 
 
 class WeightsError(BadInput):
@@ -47,12 +44,15 @@ def make_head(n_features: int, n_classes: int, hidden: int = 512, dropout: tuple
 
 
 class Classifier(nn.Module):
-    def __init__(self, body: nn.Sequential, n_body_features: int, n_classes: int):
+    def __init__(self, body: nn.Module, n_classes: int, mean: tuple = bodies.IMAGENET_MEAN,
+                 std: tuple = bodies.IMAGENET_STD):
         super().__init__()
         self.body = body
         self.pool = ConcatPool()
-        self.head = make_head(2 * n_body_features, n_classes)
+        self.head = make_head(2 * body.n_features, n_classes)
         self.frozen_groups = 0  # how many leading layer groups get no gradient (freeze_to)
+        # What the body expects of its input (per channel, on [0, 1] pixels): its pretraining's.
+        self.mean, self.std = tuple(mean), tuple(std)
 
     @property
     def n_classes(self) -> int:
@@ -66,35 +66,17 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-def _body_of(net: nn.Module) -> tuple[nn.Sequential, int]:
-    # Everything before global pooling: conv1, bn1, relu, maxpool, layer1..layer4.
-    children = [(n, m) for n, m in net.named_children() if n not in ("avgpool", "fc")]
-    return nn.Sequential(OrderedDict(children)), net.fc.in_features
-
-
-def create_model(arch: str, n_classes: int, pretrained: bool = False, stem: str = "imagenet") -> Classifier:
-    """A classifier for `n_classes` on torchvision's `arch` body, with ImageNet weights if `pretrained`.
-
-    A failed download of the ImageNet weights is a WeightsError that says what to do instead."""
-    import torchvision.models as tvm
-
-    try:
-        net = getattr(tvm, arch)(weights="DEFAULT" if pretrained else None)
-    except Exception as e:  # noqa: BLE001 - any download failure becomes a clear usage error
-        raise WeightsError(
-            f"--weights imagenet: could not download the pretrained {arch} weights ({type(e).__name__}: {e}); "
-            "use --weights none to train from scratch, or --weights PATH for a local state dict"
-        ) from None
-    if stem != "imagenet":
-        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-        if stem == "small":
-            net.maxpool = nn.Identity()
-    body, n_feat = _body_of(net)
-    return Classifier(body, n_feat, n_classes)
+def create_model(arch: str, n_classes: int, stem: str = "imagenet") -> Classifier:
+    """A classifier for `n_classes` on the body `arch` names (core/bodies.py), freshly initialised:
+    ImageNet's or a file's weights are loaded into it by the caller (raycat/weights.py,
+    load_weights)."""
+    info = bodies.info(arch)
+    return Classifier(bodies.build(arch, stem), n_classes, info.mean, info.std)
 
 
 def load_weights(model: Classifier, state: dict[str, torch.Tensor], source: str, keep_head: bool = False) -> None:
-    """Start `model` from a raycat or a plain torchvision state dict (transfer learning).
+    """Start `model` from a raycat state dict, or a plain torchvision or timm one of its body's
+    network (transfer learning).
 
     The body is loaded; a body that does not fit is a WeightsError naming `source`. A stem of
     another shape (ImageNet weights into a small-stem model) is left freshly initialised: the rest
@@ -103,12 +85,14 @@ def load_weights(model: Classifier, state: dict[str, torch.Tensor], source: str,
     the same shape for other classes would start the run with confidently wrong answers.
     """
     if not any(k.startswith("body.") for k in state):
-        # A plain torchvision ResNet state dict: its non-fc keys are the body's.
-        state = {f"body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+        # A plain torchvision or timm state dict of the whole network: its body's tensors.
+        state = {f"body.{k}": v for k, v in model.body.from_plain(state).items()}
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape
               and (keep_head or not k.startswith("head."))}
-    body_keys = [k for k in own if k.startswith("body.") and not k.startswith("body.conv1.")]
+    # (BatchNorm's num_batches_tracked is a counter, not a weight: a file without it still fits)
+    body_keys = [k for k in own if k.startswith("body.") and not k.startswith("body.conv1.")
+                 and not k.endswith("num_batches_tracked")]
     missing_body = [k for k in body_keys if k not in usable]
     extra_body = [k for k in state if k.startswith("body.") and k not in own]
     if missing_body or extra_body:
@@ -145,17 +129,11 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 N_GROUPS = 3
 
 
-def layer_groups(model: Classifier) -> list[list[nn.Module]]:
-    """[early body, late body, head]; together they hold every parameter exactly once."""
-    names = [n for n, _ in model.body.named_children()]
-    stages = [n for n in names if n.startswith("layer")]
-    cut = names.index(stages[len(stages) // 2])  # first stage of the second half
-    children = list(model.body.children())
-    return [children[:cut], children[cut:], [model.pool, model.head]]
-
-
 def group_parameters(model: Classifier) -> list[list[nn.Parameter]]:
-    return [[p for m in group for p in m.parameters()] for group in layer_groups(model)]
+    """[early body, late body, head]: together they hold every parameter exactly once (the body
+    says where it is cut: core/bodies.py)."""
+    early, late = model.body.split()
+    return [early, late, [*model.pool.parameters(), *model.head.parameters()]]
 
 
 def freeze_to(model: Classifier, n: int) -> None:
@@ -167,11 +145,14 @@ def freeze_to(model: Classifier, n: int) -> None:
 
 
 def set_train_mode(model: Classifier) -> None:
-    """model.train(), but frozen groups stay in eval mode so their BatchNorm statistics don't move."""
+    """model.train(), but a BatchNorm whose parameters are all frozen stays in eval mode: its
+    statistics don't move while its group is frozen (whichever body, however it is cut)."""
     model.train()
-    for group in layer_groups(model)[: model.frozen_groups]:
-        for m in group:
-            m.eval()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            own = list(m.parameters(recurse=False))
+            if own and not any(p.requires_grad for p in own):
+                m.eval()
 
 
 def make_optimizer(model: Classifier, lrs: list[float], momentum: float = 0.9, weight_decay: float = 1e-4,

@@ -133,7 +133,9 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
     if state.model_state is not None:
         model.load_state_dict(state.model_state)
     optim = Optim(r.momentum, r.weight_decay, r.nesterov, r.label_smoothing)
-    loop = Loop(model, data, comm, device, precision, AugmentSpec(r.aug, r.max_zoom), optim, r.batch_size, log,
+    # Augmented, then normalised as the body's pretraining was (its mean and std, on the model)
+    spec = AugmentSpec(r.aug, r.max_zoom, mean=model.mean, std=model.std)
+    loop = Loop(model, data, comm, device, precision, spec, optim, r.batch_size, log,
                 on_step if comm.rank == 0 else None, loss_weight, r.bn_images)
     units = plan(r, sweeps)
     only_lr_find = sweeps == SWEEP_ONLY
