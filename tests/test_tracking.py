@@ -279,9 +279,8 @@ def test_a_tracker_that_fails_after_the_outputs_are_written_warns_and_the_run_st
     now = time.time()
     fitted = train_job.FitResult(
         result=WorkerResult(state=state, worker_nodes=["node"], skipped=[], n_train=24, n_valid=8, grids={}),
-        classes=["a", "b"], cache=True, cpus_per_worker=1, split="0123", stepping={}, weights_from="no weights", started_at=now,
-        ray_up_at=now,
-        groups=[], batch_size=8)
+        classes=["a", "b"], cache=True, cpus_per_worker=1, split="0123", stepping={}, weights_from="no weights",
+        started_at=now, ray_up_at=now, groups=[], batch_size=8)
     ended = []
 
     class TrackerDown(tracking.Tracker):
