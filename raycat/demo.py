@@ -1,7 +1,8 @@
-"""`raycat demo`: the whole flow on a synthetic dataset made on the spot (no download).
+"""`raycat demo`: fast.ai's lesson on a synthetic dataset made on the spot (no download).
 
-No pretrained weights can be fetched everywhere the demo runs, so it trains a resnet18 from
-scratch on small images; the recipe's stages, outputs and plots are the same as on real data.
+The body is ImageNet-pretrained EfficientNet-Lite0, whose weights raycat's install brings
+(raycat/weights.py), and the run is the lesson's: lr_find on the head, the head on precomputed
+activations, the head with augmentation, unfreeze, lr_find again, differential rates, SGDR, TTA.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 
 from raycat.check import run_check
 from raycat.config import (
+    DEFAULT_ARCH,
     CheckConfig,
     DemoConfig,
     LrFindConfig,
@@ -27,9 +29,9 @@ DEMO_CLASSES = ("circle", "square", "triangle", "star")
 
 def demo_train_config(cfg: DemoConfig, data: str, out: str, kind: type = TrainConfig):
     """The demo's `raycat train` (or, with kind=LrFindConfig, `raycat lr-find`) settings."""
-    # Sized to finish in a minute or two on 2 CPU cores, from scratch (so no frozen stages).
-    recipe = Recipe(arch="resnet18", weights="none", size=cfg.size, batch_size=32, seed=cfg.seed, unfrozen_cycles=3,
-                    cycle_mult=2, patience=3, tta=4)
+    # The lesson's stages on the default pretrained body, sized to finish in a minute or two on 2 CPU cores.
+    recipe = Recipe(arch=DEFAULT_ARCH, weights="imagenet", size=cfg.size, batch_size=32, seed=cfg.seed,
+                    unfrozen_cycles=2, cycle_mult=2, patience=3, tta=4)
     return kind(data=data, out=out, recipe=recipe,
                 resources=TrainResources(workers=cfg.workers, address=cfg.address, verbose=cfg.verbose))
 
