@@ -137,6 +137,49 @@ def plain_loop(model_dir: str, images: str, out: str, precision: str = "fp32") -
     return time.perf_counter() - t
 
 
+def pt2_loop(model_dir: str, images: str, out: str, precision: str = "fp32") -> float:
+    """The loop a user writes around raycat's exported model.pt2, with nothing of raycat's: PIL
+    decodes, resizes the short side (bilinear) and centre-crops; the program takes uint8 NHWC and
+    gives probabilities; Parquet out."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from PIL import Image
+
+    t = time.perf_counter()
+    torch.set_num_threads(os.cpu_count() or 1)
+    card = json.load(open(os.path.join(model_dir, "model", "model.json")))
+    program = torch.export.load(os.path.join(model_dir, "model", "model.pt2")).module()
+    size, classes = card["size"], card["classes"]
+
+    def load(path):
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            s = size / min(w, h)
+            im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+            w, h = im.size
+            left, top = (w - size) // 2, (h - size) // 2
+            return np.asarray(im.crop((left, top, left + size, top + size)))
+
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(images) for f in fs)
+    labels = [os.path.basename(os.path.dirname(p)) for p in paths]
+    probs = []
+    with torch.no_grad():
+        for i in range(0, len(paths), BATCH):
+            x = torch.from_numpy(np.stack([load(p) for p in paths[i:i + BATCH]]))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                probs.append(program(x).float())
+    p = torch.cat(probs).numpy()
+    cols = {"path": paths, "label": labels, "prediction": [classes[j] for j in p.argmax(1)], "confidence": p.max(1)}
+    cols.update({f"p_{c}": p[:, j] for j, c in enumerate(classes)})
+    os.makedirs(out, exist_ok=True)
+    pq.write_table(pa.table(cols), os.path.join(out, "predictions.parquet"))
+    return time.perf_counter() - t
+
+
 def raycat_predict(model_dir: str, images: str, out: str, address: str, tta: int, precision: str = "fp32"
                    ) -> tuple[float, float]:
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_ADDRESS": address}
@@ -159,6 +202,10 @@ def main() -> None:
     ap.add_argument("--ray", choices=("full", "lean"), default="full")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="both sides: bf16 is what raycat's auto picks on a CPU with AMX")
+    ap.add_argument("--arch", default="resnet18", help="the model scored (random weights: a load, not an accuracy)")
+    ap.add_argument("--baseline", choices=("decode", "pt2"), default="decode",
+                    help="decode: the plain loop with raycat's decoder and model; pt2: PIL and raycat's exported "
+                         "model.pt2, nothing of raycat's")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     n_default, size_default, section, what = SOURCES[args.source]
@@ -173,8 +220,10 @@ def main() -> None:
         else:
             classes = CLASSES
             make_images(images, args.images)
-        model = write_random_model(os.path.join(tmp, "m"), classes, args.size)
-        base = [plain_loop(model, images, os.path.join(tmp, f"plain{i}"), args.precision) for i in range(args.runs)]
+        model = write_random_model(os.path.join(tmp, "m"), classes, args.size, arch=args.arch,
+                                   export=args.baseline == "pt2")
+        loop = pt2_loop if args.baseline == "pt2" else plain_loop
+        base = [loop(model, images, os.path.join(tmp, f"plain{i}"), args.precision) for i in range(args.runs)]
         print("plain", base, flush=True)
         t = time.perf_counter()
         # `ray start` turns token auth on (Ray 2.60's default); the commands that join it need to know.
@@ -204,14 +253,19 @@ def main() -> None:
     tta_row = (f"| raycat predict --tta 4 (one run) | {n / tta4[0]:.1f} | {n / tta4[0] / b:.2f}x |\n"
                if tta4 else "")
     title = ("" if args.source == "synthetic" else f" --source {args.source}") + \
-        (" --ray lean" if args.ray == "lean" else "") + (" --precision bf16" if args.precision == "bf16" else "")
+        (" --ray lean" if args.ray == "lean" else "") + (" --precision bf16" if args.precision == "bf16" else "") + \
+        (f" --arch {args.arch}" if args.arch != "resnet18" else "") + \
+        (" --baseline pt2" if args.baseline == "pt2" else "")
     ray_kind = ("a lean one, as `raycat predict` starts by itself on one machine (no dashboard, metrics "
                 "or usage report)" if args.ray == "lean" else "Ray's defaults (dashboard, metrics), as on a "
                 "cluster's head node")
-    section += ("_lean" if args.ray == "lean" else "") + ("_bf16" if args.precision == "bf16" else "")
+    section += ("_lean" if args.ray == "lean" else "") + ("_bf16" if args.precision == "bf16" else "") + \
+        (f"_{args.arch}" if args.arch != "resnet18" else "") + ("_pt2" if args.baseline == "pt2" else "")
+    plain_what = ("PIL decode and resize, raycat's exported model.pt2, nothing of raycat's" if args.baseline == "pt2"
+                  else "raycat's decoder and model")
     body = f"""## Predict throughput (`bench/predict_throughput.py{title}`)
 
-{n:,} {what} -> {args.size} px, resnet18, batch {BATCH}, {os.cpu_count()} cores, {args.precision} on both sides
+{n:,} {what} -> {args.size} px, {args.arch}, batch {BATCH}, {os.cpu_count()} cores, {args.precision} on both sides
 (bf16: autocast with channels_last); median of {args.runs} runs.
 raycat's time is the whole command (listing, decode, scoring, Parquet, summaries), one scoring actor
 with all cores, on a Ray instance already up (its start, {ray_start:.1f} s, is not counted): {ray_kind}.
@@ -219,7 +273,7 @@ Machine: {machine()}.
 
 | run | img/s (whole command) | vs plain loop |
 |---|---|---|
-| plain PyTorch loop (list, decode, score, write Parquet; 1 process) | {b:.1f} | 1.00x |
+| plain PyTorch loop ({plain_what}: list, decode, score, write Parquet; 1 process) | {b:.1f} | 1.00x |
 | raycat predict --tta 0 | {r0:.1f} | {r0 / b:.2f}x |
 {tta_row}
 Fixed cost per command (start to the first shard's summary, which includes scoring that shard's

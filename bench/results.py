@@ -43,17 +43,19 @@ def write_section(name: str, body: str) -> None:
         f.write(text)
 
 
-def write_random_model(out: str, classes: list[str], size: int, arch: str = "resnet18", seed: int = 0) -> str:
+def write_random_model(out: str, classes: list[str], size: int, arch: str = "resnet18", seed: int = 0,
+                       export: bool = False) -> str:
     """OUT/model/ holding a `arch` with random weights for `classes` at `size` px (a load to score,
-    not an accuracy); returns OUT. Tests use it too."""
+    not an accuracy), with the body's own normalisation; returns OUT. Tests use it too. Scoring
+    needs no model.pt2 (`export` writes one)."""
     import torch
 
     from raycat import model_card
-    from raycat.core.augment import IMAGENET_MEAN, IMAGENET_STD
     from raycat.core.model import create_model
 
     torch.manual_seed(seed)
-    card = model_card.ModelCard(arch=arch, classes=list(classes), size=size, mean=list(IMAGENET_MEAN),
-                                std=list(IMAGENET_STD))
-    model_card.write(out, create_model(arch, len(classes)).state_dict(), card, export=False)  # scoring needs no .pt2
+    model = create_model(arch, len(classes))
+    card = model_card.ModelCard(arch=arch, classes=list(classes), size=size, mean=list(model.mean),
+                                std=list(model.std))
+    model_card.write(out, model.state_dict(), card, export=export)
     return out

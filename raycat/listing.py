@@ -3,20 +3,19 @@ cut into numbered shards of paths without the driver ever holding them all.
 
 A shard is `SHARD_SIZE` images with a stable id, the unit a scoring actor reads, scores and writes
 as one Parquet part, and the unit a resumed run reuses when it holds the same images. It travels
-through Ray Data as one row {shard, payload}: the payload is JSON ({paths, labels, bad}), so rows
-of any length and any number of bad entries share one Arrow schema.
+to its scoring actor as one row {shard, payload}: the payload is JSON ({paths, labels, bad}).
 
 - A folder or prefix: the driver streams one listing of its top level (never holding it) and cuts
-  it into listing units: each subfolder is one unit, listed (recursively) by its own Ray task; the
-  images at the top level are cut into ranges of names (after, until], each a unit of its own, so a
-  flat prefix of a million images is listed by many tasks in parallel. On S3 a bound falls every
-  `UNIT_SHARDS` shards of images, and a range's task lists from its bound on (ListObjectsV2's
+  it into listing units: each subfolder is one unit, listed (recursively) on its own; the images at
+  the top level are cut into ranges of names (after, until], each a unit of its own, so a flat
+  prefix of a million images is listed by many threads in parallel (stream_shards). On S3 a bound
+  falls every `UNIT_SHARDS` shards of images, and a range lists from its bound on (ListObjectsV2's
   StartAfter), reading only its own pages; a local folder can't be read from a name on, so its
   ranges are fewer and larger (`LOCAL_RANGE_SHARDS`, `MAX_LOCAL_RANGES`), bounded by a sample of
   its names. Shard ids are
   `<unit>-<chunk>`, units numbered subfolders first (sorted), then ranges: the same listing
   always gives the same units, shards and paths, whatever order the folder lists in.
-- A manifest (`.csv` or `.parquet` with a `path` column, optional `label`): one task streams the
+- A manifest (`.csv` or `.parquet` with a `path` column, optional `label`): one thread streams the
   file in record batches and cuts it into shards `m-<chunk>`; a path may be local or s3://, and a
   relative one is relative to the manifest's folder. A ten-million-row table is never listed.
 
@@ -35,6 +34,7 @@ import math
 import posixpath
 import zlib
 from dataclasses import dataclass
+from typing import Iterator
 
 from raycat import storage
 from raycat.errors import BadInput
@@ -42,12 +42,13 @@ from raycat.layout import IMAGE_EXTENSIONS, is_image_name
 
 SHARD_SIZE = 512  # images a shard: one actor call, one Parquet part, the unit of resume
 # Shards in an S3 range of a flat prefix (4,096 images, about 4 pages of a listing): big enough
-# that a task's start is small beside its pages, small enough that a million images make 245 units.
+# that a range's first request is small beside its pages, small enough that a million images make
+# 245 units.
 UNIT_SHARDS = 8
-# A local folder can't be read from a name on: each range's task reads the whole directory (about
-# 0.5 us an entry) before it keeps its own names (about 2 us each). So a local range holds at least
-# 131,072 images (256 shards), and there are at most 8 (predict's listing tasks, which take no CPU
-# of their own from the scoring actors): a folder is read 1 + ceil(n / 131,072) times, at most 9.
+# A local folder can't be read from a name on: each range reads the whole directory (about 0.5 us
+# an entry) before it keeps its own names (about 2 us each). So a local range holds at least
+# 131,072 images (256 shards), and there are at most 8: a folder is read 1 + ceil(n / 131,072)
+# times, at most 9.
 LOCAL_RANGE_SHARDS = 256
 MAX_LOCAL_RANGES = 8
 # Names sampled to place a local folder's range bounds: 64 a range, so ranges come out within
@@ -62,19 +63,62 @@ class ListingError(BadInput):
 
 @dataclass(frozen=True)
 class Source:
-    """What the listing tasks need: IMAGES, the model's classes and how labels are read."""
+    """What listing a unit needs: IMAGES, the model's classes and how labels are read."""
 
     images: str
     classes: tuple[str, ...]
     labelled_tree: bool = False  # labels from the top-level folder (see the module docstring)
 
 
-def listing_tasks(n_units: int, images: str) -> int:
-    """Listing tasks at once. On object storage a listing waits on requests: up to 8 units are
-    listed side by side. A local folder lists tens of thousands of entries a second, and each task
-    beyond the first is one more worker process to start (about 1.5 s of CPU, on the cores the
-    scoring actors need): two, so one task's disk waits overlap the other's work."""
+def listing_threads(n_units: int, images: str) -> int:
+    """Units listed at once (threads of the driver). On object storage a listing waits on
+    requests: up to 8 units side by side. A local folder lists tens of thousands of entries a
+    second: two, so one's disk waits overlap the other's work."""
     return max(1, min(n_units, 8 if storage.is_s3(images) else 2))
+
+
+def stream_shards(units: list[dict], source: Source, ahead: int = 16) -> Iterator[dict]:
+    """The shard rows of every unit, as the units are listed (by listing_threads threads), in no
+    fixed order; at most `ahead` rows wait to be taken, so memory stays flat however many images
+    there are. An error listing a unit is raised here, in the caller's thread."""
+    import queue
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows: queue.Queue = queue.Queue(maxsize=ahead)
+    done = object()
+    stop = threading.Event()
+
+    def list_one(unit: dict) -> None:
+        for row in list_unit(unit, source):
+            while not stop.is_set():
+                try:
+                    rows.put(row, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+
+    def run() -> None:
+        with ThreadPoolExecutor(max_workers=listing_threads(len(units), source.images)) as pool:
+            futures = [pool.submit(list_one, u) for u in units]
+            for f in futures:
+                e = f.exception()
+                if e is not None:
+                    stop.set()
+                    rows.put(e)
+                    return
+        rows.put(done)
+
+    threading.Thread(target=run, name="raycat-listing", daemon=True).start()
+    try:
+        while (row := rows.get()) is not done:
+            if isinstance(row, BaseException):
+                raise row
+            yield row
+    finally:
+        stop.set()
 
 
 def is_manifest(images: str) -> bool:
@@ -82,7 +126,7 @@ def is_manifest(images: str) -> bool:
 
 
 def unit_row(index: int, kind: str, name: str = "", after: str = "", until: str = "", entries: int = 0) -> dict:
-    """A listing unit, one row of Ray Data: every unit has every field, so all share one schema.
+    """A listing unit: every unit has every field.
 
     kind "dir": the folder `name` under IMAGES, recursively; "files": the images at the top level
     whose names lie in (after, until] ("" leaves that end open), `entries` the files and folders
@@ -194,8 +238,8 @@ def _shards(index: int, paths: list[str], labels: list[int], bad: list[tuple[str
 
 
 def list_unit(row: dict, source: Source):
-    """Ray Data flat_map: one listing unit -> its shard rows. (A shard an earlier run scored is
-    listed too: its scoring actor reuses the summary if the shard still holds the same images.)"""
+    """One listing unit -> its shard rows. (A shard an earlier run scored is listed too: its
+    scoring actor reuses the summary if the shard still holds the same images.)"""
     kind, index = row["kind"], int(row["unit"])
     if kind == "manifest":
         yield from read_manifest(source)

@@ -1,9 +1,10 @@
 """`raycat predict MODEL IMAGES --out OUT [--tta N]`: batch scoring with TTA, resumable; and
 `raycat predict MODEL FILE [FILE ...]` (no --out): a few images scored here, in seconds, no cluster.
 
-The batch job is one streaming pass: listing tasks cut IMAGES (a folder, a prefix or a manifest)
-into numbered shards (listing.py); a pool of scoring actors reads, decodes and scores each shard
-and writes its Parquet part and summary (scoring.py); the driver only merges the summaries
+The batch job is one streaming pass: the driver's listing threads cut IMAGES (a folder, a prefix
+or a manifest) into numbered shards (listing.py) and hand each, as it is listed, to a pool of
+scoring actors (scoring_pool.py), which read, decode and score it and write its Parquet part and
+summary (scoring.py); the driver only merges the summaries
 (counts, confusion, skipped files, the top-N images worth a look), so its memory stays flat however
 many images there are.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -34,8 +34,7 @@ from raycat.scoring import DONE, PARTS, ScoringSpec, part_name
 RUN_DIR = ".raycat-predict"
 RUN_NOTE = "run.json"
 PUBLISHED = "published"  # in the run folder: OUT/predictions/ holds this run's parts, whole
-PROGRESS_EVERY_S = 10.0  # seconds between progress lines when stdout is not a terminal
-SHARD_BLOCK_BYTES = 1024  # under one shard row (its paths): Ray Data makes each row a block of its own
+PROGRESS_EVERY_S = 10.0  # seconds between progress lines
 PER_RUN_FILES = ["confusion_matrix.csv", "confusion_matrix.png", "most_confused.csv", "skipped.csv", *grids.FILES]
 
 
@@ -122,11 +121,8 @@ def run_predict(cfg: PredictConfig) -> int:
     outputs.check_writable(cfg.out)
     outputs.check_space(cfg.out, 64 * outputs.MB, "the predictions' first parts and the plots")
 
-    import ray
-    import ray.data
-
     from raycat import ray_session
-    from raycat.scoring import Scorer
+    from raycat.scoring_pool import ScorerPool
 
     ray_session.connect(cfg.resources.address, cfg.resources.verbose)
     res = cfg.resources
@@ -139,18 +135,19 @@ def run_predict(cfg: PredictConfig) -> int:
     spec = ScoringSpec(model=folder, card=card.to_json(), tta=cfg.tta, tta_beta=cfg.tta_beta,
                        batch_size=cfg.batch_size, gpu=res.gpu, cpus=cpus, run=run, top=cfg.top, done=frozenset(done),
                        precision=cfg.precision)
-    shards = shard_dataset(units, source)
-    scored = shards.map_batches(Scorer, fn_constructor_kwargs={"spec": spec}, batch_size=1,
-                                compute=ray.data.ActorPoolStrategy(size=res.workers), num_cpus=cpus,
-                                num_gpus=1 if res.gpu else None)
+    pool = ScorerPool(spec, res.workers, cpus, res.gpu)
     tally = Tally(card.classes, cfg.top, images=cfg.images[0])
     first, said = None, time.time()
-    for row in scored.iter_rows():
-        first = first or time.time() - t0
-        tally.add(json.loads(row["summary"]))
-        if not sys.stdout.isatty() and time.time() - said > PROGRESS_EVERY_S:  # a terminal has Ray's bars
-            said = time.time()
-            print(f"raycat predict: {tally.shards} shards scored ({tally.n_images} images)", flush=True)
+    try:
+        for summary in pool.score(listing.stream_shards(units, source, ahead=4 * res.workers + 4)):
+            first = first or time.time() - t0
+            tally.add(summary)
+            if time.time() - said > PROGRESS_EVERY_S:
+                said = time.time()
+                print(f"raycat predict: {tally.shards} shards scored ({tally.n_images} images, "
+                      f"{tally.n_images / (said - t0):.0f} images/s)", flush=True)
+    finally:
+        pool.close()
     if tally.n_images == 0 and not tally.skipped:
         raise PredictInputError(f"IMAGES {cfg.images[0]}: no images found (extensions: "
                                 f"{', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))})")
@@ -162,23 +159,6 @@ def run_predict(cfg: PredictConfig) -> int:
           f"{peak_mb:.0f} MB; outputs in {cfg.out}")
     return 0
 
-
-
-def shard_dataset(units: list[dict], source):
-    """The listing units as a Ray dataset of shard rows, listed by parallel tasks that take no CPU
-    from the scoring actors, one shard a block.
-
-    One shard a block, so each shard's summary reaches the driver once its actor has scored it.
-    Ray Data cuts a task's output into blocks of up to target_max_block_size (128 MiB): a listing
-    unit's shards (a few KB each) would travel as one block, the actor would score them all in one
-    call, and the first summary would come only after the whole unit (or the whole of a small
-    folder) was scored. (The datasets derived from `listed` copy its context.)"""
-    import ray.data
-
-    listed = ray.data.from_items(units, override_num_blocks=len(units))
-    listed.context.target_max_block_size = SHARD_BLOCK_BYTES
-    return listed.flat_map(listing.list_unit, fn_kwargs={"source": source}, num_cpus=0,
-                           compute=ray.data.TaskPoolStrategy(size=listing.listing_tasks(len(units), source.images)))
 
 
 def write_predict_outputs(cfg: PredictConfig, folder: str, card, run: str, tally: Tally, t0: float,

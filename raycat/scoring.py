@@ -60,7 +60,8 @@ def summary_uri(run: str, shard: str) -> str:
 
 
 class Scorer:
-    """Ray Data actor (ActorPoolStrategy) holding the model on its device."""
+    """The scoring actor (scoring_pool.py runs N of them), holding the model on its device; plain
+    Python, so tests run it in one process."""
 
     def __init__(self, spec: ScoringSpec):
         from raycat import model_card
@@ -77,11 +78,9 @@ class Scorer:
         self.io_pool = ThreadPoolExecutor(max_workers=IO_THREADS)
         self.decode_pool = ThreadPoolExecutor(max_workers=spec.cpus) if self.device.type == "cpu" else None
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = [self.score_shard({"shard": s, "payload": p}) for s, p in zip(batch["shard"], batch["payload"],
-                                                                               strict=True)]
-        return {"shard": np.asarray([o["shard"] for o in out], dtype=object),
-                "summary": np.asarray([json.dumps(o) for o in out], dtype=object)}
+    def ready(self) -> bool:
+        """Answers once the model is loaded (the pool waits for one actor before timing)."""
+        return True
 
     def _read(self, path: str) -> tuple[bytes, str]:
         try:
@@ -116,9 +115,12 @@ class Scorer:
 
         skipped = list(bad)
         kept_paths, kept_labels, probs = [], [], []
+        # Every file of the shard is asked for at once (IO_THREADS at a time, in order): reads run
+        # ahead of decoding and scoring instead of waiting between batches.
+        reads = self.io_pool.map(self._read, paths)
         for lo in range(0, len(paths), spec.batch_size):
             chunk = paths[lo:lo + spec.batch_size]
-            read = list(self.io_pool.map(self._read, chunk))
+            read = [next(reads) for _ in chunk]
             ok = [i for i, (_, err) in enumerate(read) if not err]
             skipped += [(chunk[i], err) for i, (_, err) in enumerate(read) if err]
             images, errors = decode_batch([read[i][0] for i in ok], self.card.size, self.device, self.decode_pool)

@@ -1,5 +1,5 @@
 """What predict scores: folders, prefixes and manifests cut into shards, with labels; a flat folder
-or prefix cut into ranges listed in parallel, with no stat per file (Ray only where marked)."""
+or prefix cut into ranges listed in parallel, with no stat per file."""
 
 import math
 import os
@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from raycat import listing, predict_job, storage
+from raycat import listing, storage
 
 
 def listed(images, classes):
@@ -230,42 +230,30 @@ def test_a_flat_s3_prefix_is_cut_into_ranges_each_listing_only_its_own_pages(s3_
     assert planned == math.ceil((len(images) + 3 + 1) / 7)  # the driver's one pass: the images, 3 other files, sub/
 
 
-@pytest.mark.integration
-def test_ranges_go_through_ray_data_as_predict_lists_them(ray_local, tmp_path, monkeypatch):
-    """The units as Ray Data rows, listed by parallel tasks as predict_job runs them, give the
-    shards the in-process listing gives. (Shards of the real size, in the tasks too; the driver cuts
-    local ranges of 1,024 images, not 131,072.)"""
+def test_streamed_shards_are_the_units_shards_listed_in_parallel(tmp_path, monkeypatch):
+    """The driver's listing threads, as predict runs them, give the shards the units give one by
+    one (in any order), holding only a few at a time; an error listing a unit reaches the caller.
+    (Shards of the real size; the driver cuts local ranges of 1,024 images, not 131,072.)"""
     monkeypatch.setattr(listing, "LOCAL_RANGE_SHARDS", 2, raising=False)
     touch(tmp_path, *[f"{i:05d}.jpg" for i in range(3000)], *[f"dog/{i}.jpg" for i in range(10)])
     source, units = listing.plan_listing(str(tmp_path), ["dog"])
     assert [u["kind"] for u in units] == ["dir", "files", "files", "files"]
-    rows = predict_job.shard_dataset(units, source).materialize()
-    got = sorted(listing.shard_of(r)[:3] for r in rows.iter_rows())
-    # one shard a block: each shard's summary can reach the driver as soon as it is scored
-    assert rows.num_blocks() == len(got) > len(units)
+    got = sorted(listing.shard_of(r)[:3] for r in listing.stream_shards(units, source, ahead=2))
     want = sorted(listing.shard_of(r)[:3] for u in units for r in listing.list_unit(u, source))
-    assert got == want and sum(len(p) for _, p, _ in got) == 3010
+    assert got == want and sum(len(p) for _, p, _ in got) == 3010 and len(got) > len(units)
     assert {y for _, _, ys in got for y in ys} == {0, -1}  # dog/ labelled, the flat images not
 
+    def broken(row, source):
+        raise listing.ListingError("a unit that can't be listed")
 
-def test_a_local_folder_is_listed_by_two_tasks_at_most_object_storage_by_eight():
-    """Each listing task is a worker process to start: a local listing, fast, needs few; S3's waits on
-    requests, so more run side by side."""
-    from raycat.listing import listing_tasks
-
-    assert [listing_tasks(n, "/data/images") for n in (1, 2, 10)] == [1, 2, 2]
-    assert [listing_tasks(n, "s3://b/images") for n in (1, 5, 10)] == [1, 5, 8]
+    monkeypatch.setattr(listing, "list_unit", broken)
+    with pytest.raises(listing.ListingError, match="can't be listed"):
+        list(listing.stream_shards(units, source))
 
 
-def test_an_unreadable_subfolder_is_skipped_and_reported_in_its_unit_s_shard(tmp_path, monkeypatch):
-    from unreadable import unreadable_folder
+def test_a_local_folder_is_listed_by_two_threads_at_most_object_storage_by_eight():
+    """A local listing is fast and needs few; S3's waits on requests, so more run side by side."""
+    from raycat.listing import listing_threads
 
-    touch(tmp_path, "cat/1.jpg", "cat/2.jpg", "dog/3.jpg")
-    with unreadable_folder(tmp_path / "cat" / "private", monkeypatch) as private, \
-            unreadable_folder(tmp_path / "lost+found", monkeypatch) as lost:
-        source, units = listing.plan_listing(str(tmp_path), ["cat", "dog"])
-        shards = [listing.shard_of(r) for u in units for r in listing.list_unit(u, source)]
-    paths = sorted(os.path.basename(p) for _, ps, _, _ in shards for p in ps)
-    bad = sorted((p, r) for _, _, _, b in shards for p, r in b)
-    assert paths == ["1.jpg", "2.jpg", "3.jpg"]
-    assert [p for p, _ in bad] == sorted([private, lost]) and all("unreadable folder" in r for _, r in bad)
+    assert [listing_threads(n, "/data/images") for n in (1, 2, 10)] == [1, 2, 2]
+    assert [listing_threads(n, "s3://b/images") for n in (1, 5, 10)] == [1, 5, 8]

@@ -155,7 +155,7 @@ def test_train_from_a_labels_csv_logs_params_every_epoch_and_outputs_to_the_read
     args = [str(data), "--labels", str(tmp_path / "labels.csv"), "--valid-pct", "0.25"]
     assert main(["check", *args, "--size", "32"]) == 0
     report = capsys.readouterr().out
-    assert "1 row(s) of the labels file could not be used" in report and "missing.jpg" in report
+    assert "1 folder(s) or labels-file row(s) could not be used" in report and "missing.jpg" in report
     out = tmp_path / "out"
     assert main(["train", *args, "--out", str(out), "--tracking", "mlflow", "--arch", "resnet18", "--weights", "none",
                  "--size", "32", "--batch-size", "8", "--unfrozen-cycles", "2", "--cycle-mult", "1",
