@@ -8,7 +8,8 @@ S3 server behind keeps its data, which a restart of moto would not.
 `pattern` (say, the first PUT under a staging prefix), before that request reaches the server:
 the fault lands at an exact point of a job, not at a moment a timer guessed. With `deliver=True`
 the request reaches the server first and the outage cuts off its answer: the server acted on a
-request whose client saw only a reset connection.
+request whose client saw only a reset connection; then the pattern must start the request (its
+request line), so it can't fire inside another request's body (an upload of this very file).
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ class TcpProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         try:
             while data := src.recv(65536):
-                if from_client and self._trigger is not None and self._trigger[0] in data:
+                trigger = self._trigger
+                if from_client and trigger is not None and (data.startswith(trigger[0]) if trigger[2]
+                                                            else trigger[0] in data):
                     with self._lock:
                         trigger, self._trigger = self._trigger, None
                     if trigger is not None and trigger[2]:
