@@ -128,8 +128,19 @@ def parse_config(argv: list[str]) -> tuple[str, Any]:
     return command, build(cls, values)
 
 
+COMMAND_LINE: list[str] = []  # the command main() runs, as typed: the report's first line
+
+
+def command_line() -> str:
+    """The raycat command this process runs (`raycat train DATA ...`), for what a run writes."""
+    import shlex
+
+    return shlex.join(["raycat", *(COMMAND_LINE or sys.argv[1:])])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    COMMAND_LINE[:] = argv
     try:
         command, cfg = parse_config(argv)
         return int(COMMANDS[command][1](cfg) or 0)

@@ -18,15 +18,16 @@ GRIDS = {
 FILES = [f"{g}.{ext}" for g in GRIDS for ext in ("png", "csv")]
 
 
-def write(out: str, name: str, card, rows: list) -> None:
+def write(out: str, name: str, card, rows: list) -> bytes | None:
     """OUT/NAME.csv (the rows behind the grid) and OUT/NAME.png (the images, titled as fast.ai's
-    plot_top_losses). Thumbnails are read back from the images' own paths, at least 96 px."""
+    plot_top_losses), whose bytes it returns (None without rows). Thumbnails are read back from the
+    images' own paths, at least 96 px."""
     from raycat import plots
 
     what, heading, columns = GRIDS[name]
     outputs.write_csv(storage.join(out, f"{name}.csv"), columns, rows)
     if not rows:
-        return
+        return None
     images, titles = [], []
     for r in rows:
         record = dict(zip(columns, r, strict=True))
@@ -40,7 +41,9 @@ def write(out: str, name: str, card, rows: list) -> None:
         else:
             actual = f" / {record['actual']}" if record.get("actual") else ""
             titles.append(f"{record['predicted']}{actual}\n{record['confidence']:.2f}")
-    storage.write_bytes(storage.join(out, f"{name}.png"), plots.image_grid_png(images, titles, f"{what}: {heading}"))
+    png = plots.image_grid_png(images, titles, f"{what}: {heading}")
+    storage.write_bytes(storage.join(out, f"{name}.png"), png)
+    return png
 
 
 def thumbnail(path: str, size: int):

@@ -72,19 +72,23 @@ def write_dicts(uri: str, rows: list[dict], columns: list[str] | None = None) ->
     write_csv(uri, columns, ([r.get(c) for c in columns] for r in rows))
 
 
-def write_lr_find(out: str, name: str, found: dict) -> None:
+def write_lr_find(out: str, name: str, found: dict) -> bytes:
+    """NAME.csv and NAME.png; returns the PNG (the report inlines it)."""
     write_csv(storage.join(out, f"{name}.csv"), ["lr", "loss", "smoothed_loss"],
               zip(found["lr"], found["loss"], found["smoothed_loss"], strict=True))
     title = f"{name} on {found.get('on', 'the model')}"
-    storage.write_bytes(storage.join(out, f"{name}.png"),
-                        plots.lr_find_png(found["lr"], found["loss"], found["smoothed_loss"], found["suggestion"],
-                                          title))
+    png = plots.lr_find_png(found["lr"], found["loss"], found["smoothed_loss"], found["suggestion"], title)
+    storage.write_bytes(storage.join(out, f"{name}.png"), png)
+    return png
 
 
-def write_confusion(out: str, cm, classes: list[str], title: str = "confusion matrix") -> None:
+def write_confusion(out: str, cm, classes: list[str], title: str = "confusion matrix") -> bytes:
+    """confusion_matrix.csv and .png; returns the PNG (the report inlines it)."""
     rows = ([c, *[int(v) for v in cm[i].tolist()]] for i, c in enumerate(classes))
     write_csv(storage.join(out, "confusion_matrix.csv"), ["actual\\predicted", *classes], rows)
-    storage.write_bytes(storage.join(out, "confusion_matrix.png"), plots.confusion_png(cm, classes, title))
+    png = plots.confusion_png(cm, classes, title)
+    storage.write_bytes(storage.join(out, "confusion_matrix.png"), png)
+    return png
 
 
 def write_run(out: str, write_files: Callable[[], None], metrics: dict, stale: Iterable[str] = ()) -> None:

@@ -35,7 +35,8 @@ RUN_DIR = ".raycat-predict"
 RUN_NOTE = "run.json"
 PUBLISHED = "published"  # in the run folder: OUT/predictions/ holds this run's parts, whole
 PROGRESS_EVERY_S = 10.0  # seconds between progress lines
-PER_RUN_FILES = ["confusion_matrix.csv", "confusion_matrix.png", "most_confused.csv", "skipped.csv", *grids.FILES]
+PER_RUN_FILES = ["confusion_matrix.csv", "confusion_matrix.png", "most_confused.csv", "skipped.csv", *grids.FILES,
+                 "report.html"]
 
 
 class PredictInputError(BadInput):
@@ -177,17 +178,23 @@ def write_predict_outputs(cfg: PredictConfig, folder: str, card, run: str, tally
     import torch
 
     def write_files() -> None:
+        from raycat import report
+
         publish_predictions(run, out, tally)
+        images, confused = {}, []
         if n_labelled:
             t = torch.tensor(cm)
-            outputs.write_confusion(out, t, classes, f"confusion matrix ({n_labelled} labelled images)")
-            outputs.write_csv(storage.join(out, "most_confused.csv"), ["actual", "predicted", "count"],
-                              core_metrics.most_confused(t, classes))
-            grids.write(out, "top_losses", card, tally.top_losses)
-            grids.write(out, "most_uncertain", card, tally.least_confident)
+            images["confusion_matrix"] = outputs.write_confusion(out, t, classes,
+                                                                 f"confusion matrix ({n_labelled} labelled images)")
+            confused = core_metrics.most_confused(t, classes)
+            outputs.write_csv(storage.join(out, "most_confused.csv"), ["actual", "predicted", "count"], confused)
+            images["top_losses"] = grids.write(out, "top_losses", card, tally.top_losses)
+            images["most_uncertain"] = grids.write(out, "most_uncertain", card, tally.least_confident)
         else:
-            grids.write(out, "least_confident", card, tally.least_confident)
+            images["least_confident"] = grids.write(out, "least_confident", card, tally.least_confident)
         outputs.write_skipped(out, tally.skipped)
+        report.write(out, report.predict_page(m, card.to_json(), tally.skipped, {k: v for k, v in images.items() if v},
+                                              cm if n_labelled else None, confused, out=out))
 
     if n_labelled:
         prec, rec = core_metrics.precision_recall(torch.tensor(cm))

@@ -215,13 +215,20 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
+# Objects a browser opens from a (presigned) URL: without their type it downloads them instead.
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".json": "application/json",
+                 ".csv": "text/csv; charset=utf-8"}
+
+
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole file atomically: readers see the old file or the new one, never a part."""
+    """Write a whole file atomically: readers see the old file or the new one, never a part. An S3
+    object gets the Content-Type its extension says (report.html opens in a browser)."""
     if is_s3(uri):
         fs, path = filesystem(uri)
+        kind = CONTENT_TYPES.get(os.path.splitext(path)[1].lower())
 
         def put() -> None:
-            with fs.open_output_stream(path) as f:
+            with fs.open_output_stream(path, metadata={"Content-Type": kind} if kind else None) as f:
                 f.write(data)
 
         retrying(f"write {uri}", put, True)

@@ -80,12 +80,13 @@ def run_config(out: str, name: str, callbacks=None):
 
 
 def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable: bool = True,
-        on_epoch=None, on_ready=None, start=None) -> FitResult:
+        on_epoch=None, on_ready=None, start=None, live_report: bool = False) -> FitResult:
     """Everything up to the final checkpoint. Inputs, OUT and --weights are checked before any
     cluster time is spent. `resumable=False` (tune's trials) leaves resuming to Tune. `on_epoch(row,
     i)` sees each epoch's row as it ends, `i` its index in the run's history (a tracker);
     `on_ready()` is called once the inputs are checked, before Ray (a tracker starts its run).
     `start` (a RecipeState) is where a run without a checkpoint begins (lr_find_done).
+    `live_report` rewrites OUT/report.html as each epoch ends (LiveReport).
     `sweeps` says which lr_find sweeps the run has (core.recipe.plan)."""
     started_at = time.time()
     recipe, res = cfg.recipe.resolved(), cfg.resources
@@ -151,7 +152,16 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
                       gpu=res.gpu, cache=cache, cpus=cpus, precision=recipe.precision,
                       valid=ray.put((layout.valid.paths, layout.valid.labels)), sweeps=sweeps, top=cfg.top,
                       start=ray.put(start) if start is not None else None)
-    relay = console.Relay(on_epoch=on_epoch)
+    live = LiveReport(cfg, weights_from, layout.classes, {"n_train": len(layout.train), "n_valid": len(layout.valid),
+                                                           "n_skipped": len(layout.bad)}) if live_report else None
+
+    def told(row: dict, index: int) -> None:  # an epoch whose checkpoint is kept
+        if live is not None:
+            live.epoch(row, index)
+        if on_epoch is not None:
+            on_epoch(row, index)
+
+    relay = console.Relay(on_epoch=told)
     plan.console = relay.queue
     watch = group_watch.GroupWatch(relay.queue, per_worker, lo, hi, name)
     elastic = {"elastic_resize_monitor_interval_s": resize_interval_s()} if res.workers.elastic else {}
@@ -185,8 +195,46 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
                      groups=relay.groups, batch_size=recipe.batch_size)
 
 
+def flat_settings(cfg: TrainConfig) -> dict:
+    """The run's settings by flag name, the recipe's resolved (the report's table)."""
+    from raycat.config import to_dict
+
+    d = to_dict(dataclasses.replace(cfg, recipe=cfg.recipe.resolved()))
+    recipe, resources = d.pop("recipe"), d.pop("resources")
+    return {**d, **recipe, **{k: str(v) if k == "workers" else v for k, v in resources.items()}}
+
+
+class LiveReport:
+    """OUT/report.html rewritten as each epoch's row is kept (console.Relay's on_epoch), so a running
+    job's page shows its progress; the finished page replaces it at the end. Best effort: a page
+    that can't be written never stops training."""
+
+    def __init__(self, cfg: TrainConfig, weights_from: str, classes: list[str], counts: dict):
+        self.cfg, self.weights_from, self.classes, self.counts = cfg, weights_from, classes, counts
+        self.rows: dict[int, dict] = {}
+        self.warned = False
+
+    def epoch(self, row: dict, index: int) -> None:
+        from raycat import plots, report
+        from raycat.cli import command_line
+
+        self.rows[index] = row
+        rows = [self.rows[i] for i in sorted(self.rows)]
+        try:
+            report.write(self.cfg.out, report.train_page(report.TrainReport(
+                command=command_line(), settings=flat_settings(self.cfg), weights_from=self.weights_from,
+                classes=self.classes, counts=self.counts, history=rows, lr_finds={},
+                images={"history": plots.history_png(rows)}, running=True, out=self.cfg.out)))
+        except Exception as e:  # noqa: BLE001 - the page is for people; the run goes on without it
+            if not self.warned:
+                self.warned = True
+                print(f"raycat train: warning: could not update {storage.join(self.cfg.out, 'report.html')} "
+                      f"({type(e).__name__}: {e})")
+
+
 def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dict:
-    from raycat import __version__, plots
+    from raycat import __version__, plots, report
+    from raycat.cli import command_line
     from raycat.core import bodies
     from raycat.core.schedules import GROUP_NAMES
 
@@ -198,6 +246,7 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
     body = bodies.info(r.arch)
 
     def write_files() -> None:
+        t0 = time.time()
         card = model_card.ModelCard(arch=r.arch, classes=fitted.classes, size=r.size, mean=list(body.mean),
                                     std=list(body.std), stem=r.stem, aug=r.aug, max_zoom=r.max_zoom,
                                     weights_from=fitted.weights_from)
@@ -207,20 +256,30 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
                   "uses them")
             notes.append(export_failed)
         outputs.write_dicts(storage.join(out, "history.csv"), state.history, HISTORY_COLUMNS)
-        storage.write_bytes(storage.join(out, "history.png"), plots.history_png(state.history))
+        images = {"history": plots.history_png(state.history)}
+        storage.write_bytes(storage.join(out, "history.png"), images["history"])
         outputs.write_dicts(storage.join(out, "steps.csv"), state.steps,
                             ["stage", "step", "loss", *[f"lr_{g}" for g in GROUP_NAMES]])
-        for name, found in state.lr_finds.items():
-            outputs.write_lr_find(out, name, found)
-        outputs.write_confusion(out, f["confusion_matrix"], fitted.classes, "confusion matrix (valid set, best epoch)")
+        lr_finds = {name: {"png": outputs.write_lr_find(out, name, found), "suggestion": found["suggestion"],
+                           "on": found.get("on", "the model")} for name, found in state.lr_finds.items()}
+        images["confusion_matrix"] = outputs.write_confusion(out, f["confusion_matrix"], fitted.classes,
+                                                             "confusion matrix (valid set, best epoch)")
         outputs.write_skipped(out, fitted.result.skipped)
         for name, rows in fitted.result.grids.items():
-            grids.write(out, name, card, rows)
+            images[name] = grids.write(out, name, card, rows)
+        timing = {"Ray start": metrics["ray_start_seconds"], "to the first step": metrics["to_first_step_seconds"],
+                  **{k: round(v, 2) for k, v in state.timing.items()}, "outputs": round(time.time() - t0, 2)}
+        report.write(out, report.train_page(report.TrainReport(
+            command=command_line(), settings=flat_settings(cfg), weights_from=fitted.weights_from,
+            classes=fitted.classes, counts=metrics, history=state.history, lr_finds=lr_finds,
+            images={k: v for k, v in images.items() if v}, metrics=metrics,
+            confusion=f["confusion_matrix"].tolist(), worker_groups=metrics["worker_groups"],
+            timing={k: v for k, v in timing.items() if v is not None}, skipped=fitted.result.skipped, out=out)))
 
     # (an earlier run's curves, where this run drew none)
     stale = [f"{name}.{ext}" for name in ("lr_find", "lr_find_unfrozen") if name not in state.lr_finds
              for ext in ("csv", "png")]
-    stale += grids.FILES  # an earlier run's grids, even where this run writes none
+    stale += [*grids.FILES, "report.html"]  # an earlier run's grids (even where this run writes none), its page
     metrics = {
         "valid_accuracy": f["valid_accuracy"],
         "valid_loss": f["valid_loss"],
@@ -302,7 +361,8 @@ def run_train(cfg: TrainConfig, start=None) -> int:
         tracker = tracking.tracker(cfg.tracking, cfg.out, to_dict(cfg.recipe), run_name=storage.basename(cfg.out))
 
     try:
-        fitted = fit(cfg, on_epoch=lambda row, i: tracker.log_epoch(row, i), on_ready=start_tracking, start=start)
+        fitted = fit(cfg, on_epoch=lambda row, i: tracker.log_epoch(row, i), on_ready=start_tracking, start=start,
+                     live_report=True)
     except BaseException:
         # A run that started and did not finish says so (MLflow would show it RUNNING for ever).
         if tracker is not None:

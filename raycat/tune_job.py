@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 
-from raycat import outputs, plots, storage
+from raycat import outputs, plots, report, storage
 from raycat.config import Recipe, TuneConfig, to_dict
 from raycat.core.recipe import SWEEP_UNLESS_LR, plan, sweeps_for
 from raycat.layout import scan_layout
@@ -165,9 +165,11 @@ def write_tune_outputs(cfg: TuneConfig, grid, space: dict) -> int:
     outputs.write_dicts(storage.join(cfg.out, "trials.csv"), rows, columns)
     storage.write_bytes(storage.join(cfg.out, "trials.png"), plots.trials_png(rows))
     done = [r for r in rows if r["status"] == "completed" and r["valid_loss"] is not None]
-    if not done:
+    best = min(done, key=lambda r: r["valid_loss"]) if done else None
+    report.write(cfg.out, report.tune_page(rows, "valid_loss", "min", best["_recipe"] if best else {}, keys,
+                                           report.metric_plot_png(rows, "valid_loss", keys), out=cfg.out))
+    if best is None:
         raise RuntimeError(f"no trial completed ({len(rows)} ran; see {storage.join(cfg.out, 'trials.csv')})")
-    best = min(done, key=lambda r: r["valid_loss"])
     outputs.write_json(storage.join(cfg.out, "best_recipe.json"), best["_recipe"])
     src = storage.join(cfg.out, "trials", best["trial_id"], "model")
     storage.publish_tree(storage.local_copy(src), storage.join(cfg.out, "model"))

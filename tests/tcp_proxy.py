@@ -110,8 +110,14 @@ class TcpProxy:
                         return
                 if not from_client and src in self._doomed:
                     # The server acted on the request and answers: the answer is lost in the outage.
+                    # (Shut down, not only closed: the client's own pump thread is blocked reading it,
+                    # and a close alone would not end that read, nor tell the client anything.)
                     with self._lock:
                         seconds = self._doomed.pop(src, None)
+                    try:
+                        dst.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
                     self.down(seconds)
                     return
                 if not self.is_up:

@@ -157,3 +157,28 @@ def test_an_unescaped_class_name_would_be_caught(chromium, tmp_path):
     problems = check_page(tmp_path / "raw.html", tmp_path / "raw.png", ["data"], browser=chromium)
     assert any(p.startswith("broken image: x") for p in problems), problems
     assert any("Content Security Policy" in p for p in problems), problems
+
+
+SCREENSHOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "report_train.png")
+
+
+def test_the_pages_real_runs_write_render_whole_in_chromium(chromium, trained_run, tmp_path):
+    """What `raycat train` and `raycat predict` wrote, not made-up pages: the suite's shared train
+    run and a labelled predict over its valid set. With RAYCAT_SCREENSHOT=1 the train page's
+    first screens become the README's picture (docs/report_train.png)."""
+    from raycat.cli import main
+
+    out = tmp_path / "predict"
+    assert main(["predict", trained_run["out"], os.path.join(trained_run["data"], "valid"), "--out", str(out),
+                 "--tta", "1", "--precision", "fp32"]) == 0
+    for name, page, ids in (("train", os.path.join(trained_run["out"], "report.html"), TRAIN_IDS),
+                            ("predict", str(out / "report.html"), PREDICT_IDS)):
+        shot = tmp_path / f"{name}.png"
+        assert check_page(page, shot, ids, browser=chromium) == [], name
+        text = open(page, encoding="utf-8").read()
+        assert "in progress" not in text.lower()  # the finished page replaced the live one
+    train_page = open(os.path.join(trained_run["out"], "report.html"), encoding="utf-8").read()
+    assert "lr_find" in train_page and "unfrozen" in train_page and "Where the time went" in train_page
+    if os.environ.get("RAYCAT_SCREENSHOT"):
+        with Image.open(tmp_path / "train.png") as png:
+            png.crop((0, 0, png.width, min(png.height, 2400))).save(SCREENSHOT, optimize=True)

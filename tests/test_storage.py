@@ -67,3 +67,19 @@ def test_an_s3_listing_rides_out_a_short_outage_and_a_missing_bucket_fails_namin
     assert list(storage.scan_files(folder, after="a.jpg")) == ["b.jpg"]
     with pytest.raises(storage.StorageError, match="list s3://raycat-no-such-bucket/x: NoSuchBucket"):
         list(storage.scan_dir("s3://raycat-no-such-bucket/x"))
+
+
+def test_an_s3_page_is_stored_as_html_so_a_presigned_url_opens_it(s3_server, bucket):
+    """report.html opened from a presigned URL: the browser shows it only with its Content-Type."""
+    import boto3
+
+    storage.write_text(f"s3://{bucket}/typed/report.html", "<!doctype html><title>x</title>")
+    storage.write_bytes(f"s3://{bucket}/typed/plot.png", b"\x89PNG\r\n\x1a\n")
+    s3 = boto3.client("s3")
+    assert s3.head_object(Bucket=bucket, Key="typed/report.html")["ContentType"].startswith("text/html")
+    assert s3.head_object(Bucket=bucket, Key="typed/plot.png")["ContentType"] == "image/png"
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "typed/report.html"})
+    import urllib.request
+
+    with urllib.request.urlopen(url) as r:
+        assert r.headers["Content-Type"].startswith("text/html") and b"<title>x</title>" in r.read()

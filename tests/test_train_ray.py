@@ -32,7 +32,7 @@ def test_every_contract_output_is_written(trained):
     for name in ["model/weights.pt", "model/model.json", "model/model.pt2", "history.csv", "history.png",
                  "steps.csv", "lr_find.csv",
                  "lr_find.png", "lr_find_unfrozen.csv", "lr_find_unfrozen.png", "metrics.json",
-                 "confusion_matrix.csv", "confusion_matrix.png"]:
+                 "confusion_matrix.csv", "confusion_matrix.png", "report.html"]:
         assert os.path.getsize(os.path.join(trained, name)) > 0, name
     sd = torch.load(os.path.join(trained, "model", "weights.pt"), weights_only=True)
     card = json.load(open(os.path.join(trained, "model", "model.json")))

@@ -67,6 +67,11 @@ class RecipeState:
     final: dict = field(default_factory=dict)
     started_from: str = "the latest checkpoint"  # where a run given this state says it resumes from
     precision: str | None = None  # the dtype the run trains in (fp32 | bf16), fixed at its start
+    # Where the units' time went, seconds: lr_find, epochs (training), validation, TTA
+    timing: dict = field(default_factory=dict)
+
+    def spent(self, part: str, seconds: float) -> None:
+        self.timing[part] = self.timing.get(part, 0.0) + seconds
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,11 +163,13 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
         if unit == "lr_find":
             stage = (PRECOMPUTE if r.precompute_epochs else HEAD) if r.frozen_stages else UNFROZEN
             found = _lr_find(loop, r, stage, "lr_find", say)
+            state.spent("lr_find", time.time() - t0)
             state.lr_finds["lr_find"] = found
             state.base_lr = r.lr or found["suggestion"]
             state.unfrozen_lr = state.base_lr
         elif unit == "lr_find_unfrozen":
             found = _lr_find(loop, r, UNFROZEN, "lr_find_unfrozen", say)
+            state.spent("lr_find", time.time() - t0)
             state.lr_finds["lr_find_unfrozen"] = found
             # The second sweep sees the whole network (and the differential rates), so its
             # suggestion, not the head's rate, sets the unfrozen stage's rate.
@@ -210,6 +217,8 @@ def _epoch(loop: Loop, r: Recipe, state: RecipeState, stage: Stage, epoch: int, 
            "accuracy": acc, "seconds": round(t1 - t0, 2), "valid_seconds": round(t2 - t1, 2)}
     state.history.append(row)
     state.valid_seconds += t2 - t1
+    state.spent("epochs", t1 - t0)
+    state.spent("validation", t2 - t1)
     say(table_row(row))
     name = f"{stage.name} {epoch + 1}"
     if not math.isfinite(valid_loss):
@@ -264,9 +273,12 @@ def _finish(loop: Loop, r: Recipe, state: RecipeState, say: Callable[[str], None
         "best_epoch": state.best_epoch,
         "worth_a_look": metrics.worth_a_look(probs, labels, top),
     }
+    state.spent("validation", time.time() - t0)
     if r.tta > 0:
+        t1 = time.time()
         views = tta_views(loop.spec, r.tta, loop.gen)
         tta_probs, tta_labels = loop.valid(UNFROZEN, views)
+        state.spent("TTA", time.time() - t1)
         final["valid_accuracy_tta"] = metrics.accuracy(tta_probs, tta_labels)
         final["valid_loss_tta"] = metrics.nll_of_probs(tta_probs, tta_labels)
     else:
