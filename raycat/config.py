@@ -284,6 +284,8 @@ class TrainConfig:
                         "pip install 'raycat[mlflow]') or tensorboard (event files in OUT/tensorboard)",
                         choices=TRACKERS)
     top: int = arg(16, "valid images in each grid of the images worth a look (top_losses.png, most_uncertain.png)")
+    lr_find: bool = arg(False, "with --lr, run the lr_find sweeps anyway for their curves (without --lr they "
+                        "always run; with it, lr_find.csv says not run)")
     recipe: Recipe = part(Recipe)
     resources: TrainResources = part(TrainResources)
 

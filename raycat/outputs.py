@@ -82,6 +82,12 @@ def write_lr_find(out: str, name: str, found: dict) -> bytes:
     return png
 
 
+def write_lr_find_not_run(out: str, name: str, why: str) -> None:
+    """NAME.csv and NAME.png of a run that swept nothing (--lr given): the contract's files, saying so."""
+    write_csv(storage.join(out, f"{name}.csv"), ["lr", "loss", "smoothed_loss"], [[f"not run: {why}", "", ""]])
+    storage.write_bytes(storage.join(out, f"{name}.png"), plots.note_png(name, f"not run: {why}"))
+
+
 def write_confusion(out: str, cm, classes: list[str], title: str = "confusion matrix") -> bytes:
     """confusion_matrix.csv and .png; returns the PNG (the report inlines it)."""
     rows = ([c, *[int(v) for v in cm[i].tolist()]] for i, c in enumerate(classes))

@@ -37,6 +37,15 @@ def lr_find_png(lrs: list[float], losses: list[float], smoothed: list[float], su
     return _png(fig)
 
 
+def note_png(title: str, text: str) -> bytes:
+    """A plot-sized card saying why there is no plot (lr_find.png of a run that did not sweep)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=11)
+    ax.set_title(title)
+    return _png(fig)
+
+
 def history_png(history: list[dict]) -> bytes:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     x = list(range(1, len(history) + 1))

@@ -70,7 +70,7 @@ def _has_checkpoints(uri: str) -> bool:
     return any(n.startswith("checkpoint_") for n in storage.list_dir(uri))
 
 
-STEPPING_KEYS = ("global_batch", "steps_per_epoch")  # recorded since the review of the elastic round
+STEPPING_KEYS = ("global_batch", "steps_per_epoch", "sweeps")  # recorded since the review of the elastic round
 
 
 def prepare(cfg: TrainConfig, classes: list[str], split: str, name: str = "train", stepping: dict | None = None

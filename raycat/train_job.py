@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from raycat import grids, model_card, outputs, resume, storage
 from raycat.config import LrFindConfig, TrainConfig
-from raycat.core.recipe import SWEEP_ALWAYS, SWEEP_ONLY
+from raycat.core.recipe import SWEEP_ALWAYS, SWEEP_ONLY, SWEEP_UNLESS_LR
 from raycat.errors import BadInput
 from raycat.layout import scan_layout
 from raycat.train_worker import WorkerResult
@@ -35,7 +35,7 @@ class FitResult:
     cache: bool
     cpus_per_worker: int
     split: str  # resume.split_digest of the layout trained on
-    stepping: dict  # what the schedule steps by: global_batch, steps_per_epoch (resume.settings)
+    stepping: dict  # what the schedule steps by, and its sweeps: global_batch, steps_per_epoch, sweeps
     weights_from: str  # what the run started from (model_card.starting_model), for metrics.json and model.json
     started_at: float  # when the command started (time.time())
     ray_up_at: float  # when Ray was up (joined or started)
@@ -109,7 +109,7 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
     recipe = dataclasses.replace(recipe, batch_size=recipe.batch_for(len(layout.train), hi))
     # What the schedule steps by, whatever the group's size: the global batch and the steps an epoch
     # (a resumed run must have the same, or its schedule and step numbers would change mid-run).
-    stepping = recipe.stepping(len(layout.train), hi)
+    stepping = {**recipe.stepping(len(layout.train), hi), "sweeps": sweeps}  # (which units the run has)
     name = "lr_find" if sweeps == SWEEP_ONLY else "train"
     split = resume.split_digest(layout)
     print(f"raycat {name}: {recipe.arch}, starting from {weights_from}")
@@ -262,6 +262,8 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
                             ["stage", "step", "loss", *[f"lr_{g}" for g in GROUP_NAMES]])
         lr_finds = {name: {"png": outputs.write_lr_find(out, name, found), "suggestion": found["suggestion"],
                            "on": found.get("on", "the model")} for name, found in state.lr_finds.items()}
+        if "lr_find" not in state.lr_finds:
+            outputs.write_lr_find_not_run(out, "lr_find", f"--lr {r.lr:g} was given (--lr-find sweeps anyway)")
         images["confusion_matrix"] = outputs.write_confusion(out, f["confusion_matrix"], fitted.classes,
                                                              "confusion matrix (valid set, best epoch)")
         outputs.write_skipped(out, fitted.result.skipped)
@@ -277,8 +279,7 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
             timing={k: v for k, v in timing.items() if v is not None}, skipped=fitted.result.skipped, out=out)))
 
     # (an earlier run's curves, where this run drew none)
-    stale = [f"{name}.{ext}" for name in ("lr_find", "lr_find_unfrozen") if name not in state.lr_finds
-             for ext in ("csv", "png")]
+    stale = [f"lr_find_unfrozen.{ext}" for ext in ("csv", "png") if "lr_find_unfrozen" not in state.lr_finds]
     stale += [*grids.FILES, "report.html"]  # an earlier run's grids (even where this run writes none), its page
     metrics = {
         "valid_accuracy": f["valid_accuracy"],
@@ -361,7 +362,9 @@ def run_train(cfg: TrainConfig, start=None) -> int:
         tracker = tracking.tracker(cfg.tracking, cfg.out, to_dict(cfg.recipe), run_name=storage.basename(cfg.out))
 
     try:
-        fitted = fit(cfg, on_epoch=lambda row, i: tracker.log_epoch(row, i), on_ready=start_tracking, start=start,
+        # With --lr the sweeps' curves would go unused: none unless --lr-find asks (each costs an epoch or more)
+        fitted = fit(cfg, sweeps=SWEEP_ALWAYS if cfg.lr_find else SWEEP_UNLESS_LR,
+                     on_epoch=lambda row, i: tracker.log_epoch(row, i), on_ready=start_tracking, start=start,
                      live_report=True)
     except BaseException:
         # A run that started and did not finish says so (MLflow would show it RUNNING for ever).

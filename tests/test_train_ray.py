@@ -160,3 +160,9 @@ def test_stream_mode_reads_every_epoch_from_storage_and_trains_the_same_epochs(t
     assert m["batch_size"] == 8  # the default for 180 images: 64 halved until an epoch has 16 steps
     assert [r["stage"] for r in rows(os.path.join(out, "history.csv"))] == ["unfrozen"] * 3
     assert victim in open(os.path.join(out, "skipped.csv")).read()  # found by a later epoch's read
+    # --lr given: no sweep ran (its curve would go unused); the contract's lr_find files say so
+    assert rows(os.path.join(out, "lr_find.csv"))[0]["lr"].startswith("not run: --lr 0.01 was given")
+    assert m["base_lr"] == 0.01 and os.path.getsize(os.path.join(out, "lr_find.png")) > 0
+    if os.path.exists(CHECK_OUTPUTS):
+        r = subprocess.run([sys.executable, CHECK_OUTPUTS, "train", out], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
