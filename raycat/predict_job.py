@@ -138,10 +138,12 @@ def run_predict(cfg: PredictConfig) -> int:
                        precision=cfg.precision)
     pool = ScorerPool(spec, res.workers, cpus, res.gpu)
     tally = Tally(card.classes, cfg.top, images=cfg.images[0])
-    first, said = None, time.time()
+    first, ready, said = None, None, time.time()
     try:
         for summary in pool.score(listing.stream_shards(units, source, ahead=4 * res.workers + 4)):
-            first = first or time.time() - t0
+            if first is None:
+                first = time.time() - t0
+                ready = (pool.ready_at or time.time()) - t0
             tally.add(summary)
             if time.time() - said > PROGRESS_EVERY_S:
                 said = time.time()
@@ -152,18 +154,19 @@ def run_predict(cfg: PredictConfig) -> int:
     if tally.n_images == 0 and not tally.skipped:
         raise PredictInputError(f"IMAGES {cfg.images[0]}: no images found (extensions: "
                                 f"{', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))})")
-    metrics = write_predict_outputs(cfg, folder, card, run, tally, t0, first)
+    metrics = write_predict_outputs(cfg, folder, card, run, tally, t0, first, ready)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     acc = f", accuracy {metrics['accuracy']:.4f} on {metrics['n_labelled']} labelled" if metrics["n_labelled"] else ""
     print(f"raycat predict: {tally.n_images} images scored ({cfg.tta} TTA views), {len(tally.skipped)} skipped{acc}; "
-          f"{metrics['seconds']:.0f}s (first shard after {metrics['first_shard_seconds']:.1f}s); driver peak RSS "
+          f"{metrics['seconds']:.0f}s (first shard after {metrics['first_shard_seconds']:.1f}s, actors ready after "
+          f"{metrics['actors_ready_seconds'] or 0:.1f}s); driver peak RSS "
           f"{peak_mb:.0f} MB; outputs in {cfg.out}")
     return 0
 
 
 
 def write_predict_outputs(cfg: PredictConfig, folder: str, card, run: str, tally: Tally, t0: float,
-                          first: float | None) -> dict:
+                          first: float | None, ready: float | None = None) -> dict:
     from raycat.core import metrics as core_metrics
 
     out, classes = cfg.out, card.classes
@@ -202,6 +205,9 @@ def write_predict_outputs(cfg: PredictConfig, folder: str, card, run: str, tally
                   "precision": dict(zip(classes, prec, strict=True)), "recall": dict(zip(classes, rec, strict=True))})
     m["seconds"] = round(time.time() - t0, 2)
     m["first_shard_seconds"] = round(first if first is not None else m["seconds"], 2)
+    # (from the command's start to the first scoring actor's model loaded: the first shard came
+    # first_shard_seconds - actors_ready_seconds after it)
+    m["actors_ready_seconds"] = round(ready, 2) if ready is not None else None
     outputs.write_run(out, write_files, m, stale=PER_RUN_FILES)
     storage.delete_tree(run)
     return m

@@ -11,6 +11,7 @@ twice is the same shard.
 
 from __future__ import annotations
 
+import time
 from typing import Iterable, Iterator
 
 from raycat.scoring import Scorer, ScoringSpec
@@ -27,12 +28,8 @@ class ScorerPool:
         remote = ray.remote(num_cpus=cpus, num_gpus=1 if gpu else 0, max_restarts=RESTARTS,
                             max_task_retries=RESTARTS)(Scorer)
         self.actors = [remote.remote(spec) for _ in range(actors)]
-
-    def wait_ready(self) -> None:
-        """Until one actor has its model loaded."""
-        import ray
-
-        ray.wait([a.ready.remote() for a in self.actors], num_returns=1)
+        self._ready = [a.ready.remote() for a in self.actors]
+        self.ready_at: float | None = None  # time.time() when the first actor had its model loaded
 
     def score(self, shards: Iterable[dict]) -> Iterator[dict]:
         """Each shard's summary, as its actor finishes it (in no fixed order)."""
@@ -56,8 +53,12 @@ class ScorerPool:
                 load[i] += 1
             if not running:
                 return
-            ready, _ = ray.wait(list(running), num_returns=1)
+            ready, _ = ray.wait(list(running) + self._ready, num_returns=1)
             for ref in ready:
+                if ref in self._ready:  # an actor's model is loaded (for the first-shard figure)
+                    self.ready_at = self.ready_at or time.time()
+                    self._ready.remove(ref)
+                    continue
                 load[running.pop(ref)] -= 1
                 yield ray.get(ref)
 

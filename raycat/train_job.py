@@ -232,7 +232,9 @@ class LiveReport:
                       f"({type(e).__name__}: {e})")
 
 
-def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dict:
+def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict, lr_find_note: bool = True) -> dict:
+    """The contract's files, metrics.json last. `lr_find_note`: a run that swept nothing writes
+    lr_find.csv and .png saying so (`raycat train --lr`; a tune trial writes none)."""
     from raycat import __version__, plots, report
     from raycat.cli import command_line
     from raycat.core import bodies
@@ -262,7 +264,7 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
                             ["stage", "step", "loss", *[f"lr_{g}" for g in GROUP_NAMES]])
         lr_finds = {name: {"png": outputs.write_lr_find(out, name, found), "suggestion": found["suggestion"],
                            "on": found.get("on", "the model")} for name, found in state.lr_finds.items()}
-        if "lr_find" not in state.lr_finds:
+        if "lr_find" not in state.lr_finds and lr_find_note:
             outputs.write_lr_find_not_run(out, "lr_find", f"--lr {r.lr:g} was given (--lr-find sweeps anyway)")
         images["confusion_matrix"] = outputs.write_confusion(out, f["confusion_matrix"], fitted.classes,
                                                              "confusion matrix (valid set, best epoch)")
@@ -279,7 +281,8 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict) -> dic
             timing={k: v for k, v in timing.items() if v is not None}, skipped=fitted.result.skipped, out=out)))
 
     # (an earlier run's curves, where this run drew none)
-    stale = [f"lr_find_unfrozen.{ext}" for ext in ("csv", "png") if "lr_find_unfrozen" not in state.lr_finds]
+    stale = [f"{name}.{ext}" for name in ("lr_find", "lr_find_unfrozen") for ext in ("csv", "png")
+             if name not in state.lr_finds and not (name == "lr_find" and lr_find_note)]
     stale += [*grids.FILES, "report.html"]  # an earlier run's grids (even where this run writes none), its page
     metrics = {
         "valid_accuracy": f["valid_accuracy"],

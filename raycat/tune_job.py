@@ -41,7 +41,7 @@ def trial_fn(config: dict) -> None:
     cfg = sweep.trial(trial_recipe(config), storage.join(sweep.out, "trials", trial_id))
     # A trial with a rate (sampled, or the sweep's --lr) skips lr_find: its curves would be unused.
     fitted = fit(cfg, callbacks=[TuneReportCallback()], resumable=False, sweeps=TRIAL_SWEEPS)
-    write_train_outputs(cfg, fitted, {"trial_id": trial_id})
+    write_train_outputs(cfg, fitted, {"trial_id": trial_id}, lr_find_note=False)
 
 
 def _keep_credentials_out_of_runtime_envs() -> None:

@@ -142,7 +142,8 @@ def test_tta_really_averages_views_and_a_rerun_replaces_outputs(trained_run, tmp
     for f in sorted(os.listdir(os.path.join(images, "circle")))[:5]:
         shutil.copy(os.path.join(images, "circle", f), unlabelled / f)
     assert main(["predict", model, str(unlabelled), "--out", out, "--tta", "0"]) == 0
-    assert sorted(os.listdir(out)) == ["least_confident.csv", "least_confident.png", "metrics.json", "predictions"]
+    assert sorted(os.listdir(out)) == ["least_confident.csv", "least_confident.png", "metrics.json", "predictions",
+                                       "report.html"]
     df = predictions(os.path.join(out, "predictions"))
     assert len(df) == 5 and df["label"].isna().all()
     # Without --precision each actor resolves auto on its node: bf16 where the CPU has AMX.
@@ -197,7 +198,7 @@ def test_a_killed_run_leaves_no_partial_outputs_and_a_rerun_completes(ray_local,
     assert main(["predict", trained_run["out"], str(images), "--out", str(out), "--tta", "0"]) == 0
     assert sorted(os.listdir(out)) == ["confusion_matrix.csv", "confusion_matrix.png", "metrics.json",
                                        "most_confused.csv", "most_uncertain.csv", "most_uncertain.png",
-                                       "predictions", "top_losses.csv", "top_losses.png"]
+                                       "predictions", "report.html", "top_losses.csv", "top_losses.png"]
     assert len(predictions(str(out / "predictions"))) == n
     assert json.load(open(out / "metrics.json"))["n_images"] == n
 
