@@ -44,7 +44,7 @@ def run_demo(cfg: DemoConfig) -> int:
     data = os.path.join(cfg.out, "data")
     if not os.path.isdir(os.path.join(data, "train")):
         print(f"raycat demo: writing a synthetic dataset ({len(DEMO_CLASSES)} shape classes) to {data}")
-        make_shapes_dataset(data, classes=DEMO_CLASSES, n_train=150, n_valid=40, n_test=40, seed=cfg.seed,
+        make_shapes_dataset(data, classes=DEMO_CLASSES, n_train=120, n_valid=40, n_test=40, seed=cfg.seed,
                             easy=True)
     print("\n== raycat check ==")
     run_check(CheckConfig(data=data, size=cfg.size, address=cfg.address, verbose=cfg.verbose))

@@ -41,8 +41,17 @@ def quiet(verbose: bool) -> None:
 LEAN_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",  # the usage report (and its tries to reach the internet)
     "RAY_enable_metrics_collection": "0",  # every process's metrics, the agent's collection and export
+    "RAY_metrics_report_interval_ms": "60000",
     "RAY_TRAIN_METRICS_ENABLED": "0",  # Ray Train's gauges for that export
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # an actor polling for node drains every 5 s
+    # Ray Train's JSON log files of its controller and workers (raycat's console says what happens)
+    "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING": "0",
+    "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",
+    "RAY_enable_timeline": "0",  # per-task profiling events nobody reads on one machine
+    # Idle workers started with the first driver: Ray Train's actors can't use them (each carries
+    # env vars in its runtime env), so on 2 cores they only took CPU from the ones that start.
+    "RAY_prestart_worker_first_driver": "0",
+    "REPORTER_UPDATE_INTERVAL_MS": "60000",  # the dashboard agent's sweep of every process (5 s)
 }
 
 
@@ -93,6 +102,13 @@ def connect(address: str | None = None, verbose: bool = False, dashboard: bool =
     # A task's own error (raycat's StorageError naming a URI, say) reaches the driver as raised, not
     # wrapped in Ray Data's UserCodeException.
     ctx.raise_original_map_exception = True
+    if lean(verbose):
+        # A thread in every read task sampling its memory each second, and checks for shuffles and
+        # memory pressure every 30 s: for tuning Ray Data's operators, not for reading files.
+        ctx.memory_usage_poll_interval_s = None
+        detectors = getattr(ctx, "issue_detectors_config", None)
+        if detectors is not None and hasattr(detectors, "detectors"):
+            detectors.detectors = []
 
 
 def node_cpus() -> list[tuple[float, float]]:

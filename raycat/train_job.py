@@ -215,16 +215,18 @@ class LiveReport:
         self.warned = False
 
     def epoch(self, row: dict, index: int) -> None:
-        from raycat import plots, report
+        from raycat import report
         from raycat.cli import command_line
 
         self.rows[index] = row
         rows = [self.rows[i] for i in sorted(self.rows)]
         try:
+            # The table alone: drawing the plot (matplotlib, a second of CPU) on the driver would take
+            # it from the workers on a small machine; the finished page has the plots.
             report.write(self.cfg.out, report.train_page(report.TrainReport(
                 command=command_line(), settings=flat_settings(self.cfg), weights_from=self.weights_from,
-                classes=self.classes, counts=self.counts, history=rows, lr_finds={},
-                images={"history": plots.history_png(rows)}, running=True, out=self.cfg.out)))
+                classes=self.classes, counts=self.counts, history=rows, lr_finds={}, images={}, running=True,
+                out=self.cfg.out)))
         except Exception as e:  # noqa: BLE001 - the page is for people; the run goes on without it
             if not self.warned:
                 self.warned = True
