@@ -186,18 +186,20 @@ Whole commands, one after another, alone on the machine. Machine: {machine()}.
 # Candidate defaults: (label, flags). The first is the default recipe as shipped.
 GRID = [
     ("defaults", []),
+    ("batch 32 a worker (64 a step)", ["--batch-size", "32"]),
+    ("lr-mult 10", ["--lr-mult", "10"]),
+    ("unfrozen cycles 1", ["--unfrozen-cycles", "1"]),
+    ("unfrozen cycles 2", ["--unfrozen-cycles", "2"]),
     ("size 160", ["--size", "160"]),
     ("precompute 2", ["--precompute-epochs", "2"]),
     ("head cycles 1", ["--head-cycles", "1"]),
-    ("unfrozen cycles 2", ["--unfrozen-cycles", "2"]),
-    ("unfrozen cycles 1", ["--unfrozen-cycles", "1"]),
     ("patience 1", ["--patience", "1"]),
 ]
 
 
 def grid(args, data: str) -> str:
     rows = []
-    for label, flags in GRID:
+    for label, flags in [g for g in GRID if not args.only or g[0] in args.only]:
         size = flags[flags.index("--size") + 1] if "--size" in flags else str(SIZE)
         rest = [f for i, f in enumerate(flags) if f != "--size" and (i == 0 or flags[i - 1] != "--size")]
         r = raycat_train(data, os.path.join(args.out, f"grid-{label.replace(' ', '-')}"), 0,
@@ -260,6 +262,7 @@ def main() -> None:
     ap.add_argument("--grid", action="store_true")
     ap.add_argument("--tune", type=int, default=0)
     ap.add_argument("--skip-lesson", action="store_true")
+    ap.add_argument("--only", nargs="*", help="the --grid rows to run, by label")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)

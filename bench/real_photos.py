@@ -40,6 +40,7 @@ def extract(repo: str, dest: str) -> str:
     """dest/train/{ants,bees}, dest/valid/{ants,bees} from the repository's hymenoptera_data/."""
     if os.path.isdir(os.path.join(dest, "valid")):
         return dest
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = tempfile.mkdtemp(dir=os.path.dirname(dest))
     archive = os.path.join(tmp, "h.tar")
     subprocess.run(["git", "--git-dir", repo, "archive", "-o", archive, "HEAD", "hymenoptera_data"], check=True)

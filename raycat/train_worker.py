@@ -301,7 +301,7 @@ def train_loop(plan: WorkerPlan) -> None:
         log(f"precision auto: {precision} on this {device.type}")
     core_recipe.run(r, model, data, comm, device, state, checkpoint_and_tell, log, plan.sweeps,
                     precision, console.throttled(progress), plan.top,
-                    loss_weight(plan.global_batch, world, rank))
+                    loss_weight(plan.global_batch, world, rank), plan.global_batch)
 
 
 def _named_grids(final: dict, paths_by_rank: list[list[str]], classes: list[str]) -> dict[str, list] | None:

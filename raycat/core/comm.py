@@ -30,6 +30,9 @@ class LocalComm:
     def sync_buffers(self, module: nn.Module) -> None:
         pass
 
+    def broadcast(self, module: nn.Module) -> None:
+        pass
+
 
 class TorchComm:
     """torch.distributed with an initialised default process group."""
@@ -88,6 +91,11 @@ class TorchComm:
                 b.div_(self.world_size)
             else:
                 self.dist.broadcast(b, src=0)
+
+    def broadcast(self, module: nn.Module) -> None:
+        """Rank 0's parameters and buffers on every rank."""
+        for t in [*module.parameters(), *module.buffers()]:
+            self.dist.broadcast(t.data, src=0)
 
     def wrap(self, module: nn.Module, device: torch.device, key: str) -> nn.Module:
         """One DDP wrapper per stage (`key`), built on first use and reused by every later epoch.

@@ -26,6 +26,8 @@ from raycat.core.model import N_GROUPS, Classifier, freeze_to, make_optimizer, s
 from raycat.core.schedules import GROUP_NAMES
 from raycat.core.tta import View, plain_view
 
+GATHER_FEATURES_BYTES = 1 << 30  # every worker holds everyone's activations up to this (Loop.all_features)
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -84,28 +86,38 @@ class Loop:
     def __init__(self, model: Classifier, data: RecipeData, comm, device: torch.device, precision: str,
                  spec: AugmentSpec, optim: Optim, batch_size: int, log: Callable[[str], None] = print,
                  on_step: Callable[[str, int, int], None] | None = None, loss_weight: float = 1.0,
-                 bn_images: int = 0):
+                 bn_images: int = 0, global_batch: int | None = None):
         self.model, self.data, self.comm, self.device = model, data, comm, device
         self.bn_images = bn_images  # core.bn_stats: images an epoch's BatchNorm statistics are re-taken from
         self.loss_weight = loss_weight  # core.data.loss_weight: this worker's share of the global batch
         self.precision, self.spec, self.optim, self.bs, self.log = precision, spec, optim, batch_size, log
+        self.global_bs = global_batch or batch_size * comm.world_size  # images a step, all workers together
         self.on_step = on_step  # (what, step, steps): progress within an epoch, for whoever shows it
         self.gen = torch.Generator()
+        self.shared_gen = torch.Generator()  # the same draws on every worker (the head on everyone's activations)
         self.first_step_at: float | None = None  # wall-clock time of the run's first optimizer step
         self._features: tuple[torch.Tensor, ...] | None = None
+        self._all_features: tuple[torch.Tensor, torch.Tensor] | None = None
         self.model.to(device=device, memory_format=memory_format(device, precision))
 
     def reseed(self, seed: int) -> None:
-        """Every random draw of the next unit (data order, augmentation, dropout) from `seed`: seeded
-        per unit, so a run resumed from a checkpoint draws what the uninterrupted run drew."""
-        self.gen.manual_seed(seed)
-        torch.manual_seed(seed)
+        """Every random draw of the next unit (data order, augmentation, dropout) from `seed`, and the
+        worker's rank: seeded per unit, so a run resumed from a checkpoint draws what the
+        uninterrupted run drew."""
+        self.gen.manual_seed(seed + self.comm.rank * 1009)
+        self.shared_gen.manual_seed(seed)
+        torch.manual_seed(seed + self.comm.rank * 1009)
 
     # ---- what a stage trains, and on what ----------------------------------------------------
     def _net(self, stage: Stage) -> nn.Module:
         freeze_to(self.model, stage.frozen)
         if stage.on_features:
             self.model.head.train()
+            if self.all_features() is not None:
+                # Every worker steps the head alike on everyone's activations: no all-reduce a step
+                # (for a head this small it costs more than the step itself); rank 0's head is sent
+                # to the others when the unit ends (their dropout draws differ).
+                return self.model.head
             return self.comm.wrap(self.model.head, self.device, "head")
         set_train_mode(self.model)
         return self.comm.wrap(self.model, self.device, f"frozen{stage.frozen}")
@@ -117,8 +129,14 @@ class Loop:
     def _batches(self, stage: Stage) -> Iterator[Batch]:
         """One epoch of (input, label) batches for the stage: activations, or augmented images."""
         if stage.on_features:
-            f, y = self.features()[:2]
-            for idx in index_batches(len(f), self.bs, self.data.steps_per_epoch, self.gen):
+            everyone = self.all_features()
+            if everyone is not None:  # the global batch from everyone's activations, drawn alike everywhere
+                f, y = everyone
+                batches = index_batches(len(f), self.global_bs, self.data.steps_per_epoch, self.shared_gen)
+            else:
+                f, y = self.features()[:2]
+                batches = index_batches(len(f), self.bs, self.data.steps_per_epoch, self.gen)
+            for idx in batches:
                 yield f[idx], y[idx]
             return
         fmt = memory_format(self.device, self.precision)
@@ -132,7 +150,9 @@ class Loop:
     def _step(self, net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
         loss = F.cross_entropy(self._forward(net, x), y.long(), label_smoothing=self.optim.label_smoothing)
         opt.zero_grad(set_to_none=True)
-        (loss * self.loss_weight if self.loss_weight != 1.0 else loss).backward()
+        # (a worker's share of a DDP step is weighted; a step on the whole global batch is not)
+        weight = self.loss_weight if net is not self.model.head else 1.0
+        (loss * weight if weight != 1.0 else loss).backward()
         opt.step()
         if self.first_step_at is None:
             self.first_step_at = time.time()
@@ -172,6 +192,8 @@ class Loop:
                 hook.remove()
         if self.bn_images:
             bn_stats.recompute(bn_net, tail.batches(), lambda x: self._forward(bn_net, x))
+        if net is self.model.head and self.comm.world_size > 1:
+            self.comm.broadcast(self.model.head)  # every worker stepped alike: rank 0's head for all
         self.comm.sync_buffers(self.model)  # every rank evaluates (and rank 0 saves) the same model
         return self.comm.mean(sum(losses) / len(losses) if losses else float("nan"))
 
@@ -213,6 +235,20 @@ class Loop:
                           torch.cat(ys) if ys else torch.zeros(0, dtype=torch.long, device=self.device)]
             self._features = tuple(parts)
         return self._features
+
+    def all_features(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Every worker's train activations and labels (in rank order), on every worker: the head's
+        precompute stage then needs no all-reduce a step. None when they would take more than
+        GATHER_FEATURES_BYTES a worker (the stage then steps with DDP on each worker's own)."""
+        if self.comm.world_size == 1:
+            f, y = self.features()[:2]
+            return f, y
+        if self._all_features is None:
+            f, y = self.features()[:2]
+            total = self.comm.mean(float(f.numel() * f.element_size())) * self.comm.world_size
+            self._all_features = (self.comm.gather(f).to(self.device), self.comm.gather(y).to(self.device)) \
+                if total <= GATHER_FEATURES_BYTES else ()
+        return self._all_features or None
 
     def _plain(self, x: torch.Tensor) -> torch.Tensor:
         return normalize(x, self.spec).contiguous(memory_format=memory_format(self.device, self.precision))

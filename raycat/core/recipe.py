@@ -125,7 +125,7 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
         state: RecipeState | None = None, checkpoint: Callable[[RecipeState], None] = lambda s: None,
         log: Callable[[str], None] = print, sweeps: str = SWEEP_ALWAYS, precision: str = "fp32",
         on_step: Callable[[str, int, int], None] | None = None, top: int = 16,
-        loss_weight: float = 1.0) -> RecipeState:
+        loss_weight: float = 1.0, global_batch: int | None = None) -> RecipeState:
     """Run the recipe's units not yet in `state` on this worker, checkpointing after each. The
     final state names the `top` valid images worth a look (by index in the gathered valid set)."""
     r = recipe.resolved()
@@ -141,7 +141,7 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
     # Augmented, then normalised as the body's pretraining was (its mean and std, on the model)
     spec = AugmentSpec(r.aug, r.max_zoom, mean=model.mean, std=model.std)
     loop = Loop(model, data, comm, device, precision, spec, optim, r.batch_size, log,
-                on_step if comm.rank == 0 else None, loss_weight, r.bn_images)
+                on_step if comm.rank == 0 else None, loss_weight, r.bn_images, global_batch)
     units = plan(r, sweeps)
     only_lr_find = sweeps == SWEEP_ONLY
     if ("lr_find", 0) not in units:  # no sweep: the given rate is every stage's
@@ -159,7 +159,7 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
         if i < state.units_done:
             continue
         t0 = time.time()
-        loop.reseed(r.seed * 1_000_003 + comm.rank * 1009 + i)
+        loop.reseed(r.seed * 1_000_003 + i)
         if unit == "lr_find":
             stage = (PRECOMPUTE if r.precompute_epochs else HEAD) if r.frozen_stages else UNFROZEN
             found = _lr_find(loop, r, stage, "lr_find", say)
