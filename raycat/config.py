@@ -120,6 +120,8 @@ class Recipe:
     weight_decay: float = arg(1e-4, "SGD weight decay")
     nesterov: bool = arg(False, "Nesterov momentum")
     label_smoothing: float = arg(0.0, "label smoothing of the training loss (0: none)")
+    bn_freeze: bool | None = arg(None, "keep the body's BatchNorm statistics as pretrained when it is unfrozen (the "
+                                 "2017 course's bn_freeze; default: on with pretrained weights, off from scratch)")
     bn_images: int = arg(256, "BatchNorm's statistics re-estimated at the end of each epoch from up to this many of "
                          "its last training images, under its final weights (0: keep the running averages)")
     precision: str = arg("auto", "auto (bf16 on GPU and on CPUs with AMX, else fp32) | fp32 | bf16 (autocast)",
@@ -158,6 +160,7 @@ class Recipe:
             precompute_epochs=(1 if pre else 0) if self.precompute_epochs is None else self.precompute_epochs,
             head_cycles=(2 if pre else 0) if self.head_cycles is None else self.head_cycles,
             lr_mult=(3.0 if pre else 1.0) if self.lr_mult is None else self.lr_mult,
+            bn_freeze=pre if self.bn_freeze is None else self.bn_freeze,
         )
 
     def batch_for(self, n_train: int, workers: int) -> int:

@@ -159,3 +159,14 @@ def test_a_curve_with_a_real_descent_keeps_the_minimum_rule():
     # A flat curve that never blows up (nothing learnt, nothing diverged): no blow-up to read.
     flat = [0.8 + rng.normal(0, 0.05) for _ in lrs]
     assert lr_find.flat_until_blowup(lrs, lr_find.ema_smooth(flat), flat) is None
+
+
+def test_a_lucky_first_batch_does_not_read_as_divergence():
+    """A fine-tuned head's loss is already low: one easy first batch made the EMA's 'best' tiny, and
+    the next ordinary batch read as a loss 4x the best; the sweep stopped at its 18th step (1e-6).
+    The first SKIP_START points are left out of the check, as they are of the suggestions."""
+    from raycat.core.lr_find import SKIP_START, range_test
+
+    losses = iter([0.01] + [0.2] * 60 + [0.2 * 2 ** k for k in range(40)])
+    lrs, seen, _ = range_test(lambda lr: next(losses), 100)
+    assert len(lrs) > 60 > SKIP_START  # it went on until the loss really rose

@@ -306,3 +306,22 @@ def test_a_failed_export_keeps_the_weights_and_a_card_without_exported(tmp_path,
     assert not (tmp_path / "model" / "model.pt2").exists()  # never a program of another model
     loaded = model_card.load(folder, read)
     assert torch.equal(loaded.head[-1].weight, model.head[-1].weight)
+
+
+def test_bn_freeze_keeps_the_body_s_statistics_as_pretrained_while_it_trains():
+    """The 2017 course's bn_freeze: the unfrozen body's BatchNorm layers keep their running
+    statistics (eval mode) while their scales, shifts and every weight train; the head's train."""
+    model = create_model("tf_efficientnet_lite0", 2)
+    freeze_to(model, 0)
+    set_train_mode(model, bn_freeze=True)
+    body_bns = [m for m in model.body.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    head_bns = [m for m in model.head.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert body_bns and not any(m.training for m in body_bns) and all(m.training for m in head_bns)
+    assert all(p.requires_grad for m in body_bns for p in m.parameters())
+    stats = [m.running_mean.clone() for m in body_bns]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    F.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 0, 1])).backward()
+    opt.step()
+    assert all(torch.equal(s, m.running_mean) for s, m in zip(stats, body_bns, strict=True))
+    set_train_mode(model)  # without it: every BatchNorm of an unfrozen body trains its statistics
+    assert all(m.training for m in body_bns)

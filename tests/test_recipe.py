@@ -193,3 +193,20 @@ def test_a_diverged_stage_stops_early_and_says_so_once():
     assert not np.isfinite(losses[0]), losses
     assert state.stopped_early and len(state.history) == 1, losses
     assert sum("diverged" in n for n in state.notes) == 1, state.notes
+
+
+def test_a_resumed_run_keeps_the_dtype_it_started_in_and_says_so():
+    """--precision auto is read once, at the run's start, and recorded in the state: a resume on a
+    node that would read it otherwise trains on in the run's dtype, saying so."""
+    r = recipe(unfrozen_cycles=1, precompute_epochs=0, head_cycles=0, tta=0)
+    model, data = setup()
+    said = []
+    first = run(r, model, data, LocalComm(), torch.device("cpu"), log=said.append, sweeps=SWEEP_UNLESS_LR,
+                precision="fp32")
+    assert first.precision == "fp32" and not [s for s in said if s.startswith("precision")]
+    resumed = RecipeState.from_dict({**first.to_dict(), "units_done": 0, "history": [], "final": {}})
+    said.clear()
+    again = run(r, model, data, LocalComm(), torch.device("cpu"), resumed, log=said.append, sweeps=SWEEP_UNLESS_LR,
+                precision="bf16")
+    assert again.precision == "fp32"
+    assert "precision: fp32, as the run started (this cpu would have taken bf16)" in said

@@ -37,6 +37,10 @@ def test_every_contract_output_is_written(trained):
     sd = torch.load(os.path.join(trained, "model", "weights.pt"), weights_only=True)
     card = json.load(open(os.path.join(trained, "model", "model.json")))
     assert card["classes"] == ["circle", "square", "triangle"] and card["arch"] == "resnet18" and card["size"] == 64
+    m = json.load(open(os.path.join(trained, "metrics.json")))
+    # --precision fp32 (the fixture pins it), decided once; what the run started from, in both files
+    assert m["training_dtype"] == "fp32" and m["weights_from"] == card["weights_from"]
+    assert card["weights_from"].startswith("no weights (--weights none)")
     assert "head.6.weight" in sd and sd["head.6.weight"].shape[0] == 3
 
 
@@ -156,7 +160,7 @@ def test_stream_mode_reads_every_epoch_from_storage_and_trains_the_same_epochs(t
                  "--patience", "10", "--tta", "0", "--cache", "stream", "--lr", "0.01"]) == 0
     spoiler.join()
     m = json.load(open(os.path.join(out, "metrics.json")))
-    assert m["cache"] == "stream"
+    assert m["cache"] == "stream" and m["training_dtype"] in ("fp32", "bf16")
     assert m["batch_size"] == 8  # the default for 180 images: 64 halved until an epoch has 16 steps
     assert [r["stage"] for r in rows(os.path.join(out, "history.csv"))] == ["unfrozen"] * 3
     assert victim in open(os.path.join(out, "skipped.csv")).read()  # found by a later epoch's read

@@ -86,9 +86,10 @@ class Loop:
     def __init__(self, model: Classifier, data: RecipeData, comm, device: torch.device, precision: str,
                  spec: AugmentSpec, optim: Optim, batch_size: int, log: Callable[[str], None] = print,
                  on_step: Callable[[str, int, int], None] | None = None, loss_weight: float = 1.0,
-                 bn_images: int = 0, global_batch: int | None = None):
+                 bn_images: int = 0, global_batch: int | None = None, bn_freeze: bool = False):
         self.model, self.data, self.comm, self.device = model, data, comm, device
         self.bn_images = bn_images  # core.bn_stats: images an epoch's BatchNorm statistics are re-taken from
+        self.bn_freeze = bn_freeze  # the body's BatchNorm statistics stay as pretrained (model.set_train_mode)
         self.loss_weight = loss_weight  # core.data.loss_weight: this worker's share of the global batch
         self.precision, self.spec, self.optim, self.bs, self.log = precision, spec, optim, batch_size, log
         self.global_bs = global_batch or batch_size * comm.world_size  # images a step, all workers together
@@ -119,7 +120,7 @@ class Loop:
                 # to the others when the unit ends (their dropout draws differ).
                 return self.model.head
             return self.comm.wrap(self.model.head, self.device, "head")
-        set_train_mode(self.model)
+        set_train_mode(self.model, self.bn_freeze)
         return self.comm.wrap(self.model, self.device, f"frozen{stage.frozen}")
 
     def _bn_target(self, stage: Stage) -> nn.Module:
@@ -194,7 +195,9 @@ class Loop:
             bn_stats.recompute(bn_net, tail.batches(), lambda x: self._forward(bn_net, x))
         if net is self.model.head and self.comm.world_size > 1:
             self.comm.broadcast(self.model.head)  # every worker stepped alike: rank 0's head for all
-        self.comm.sync_buffers(self.model)  # every rank evaluates (and rank 0 saves) the same model
+        # Every rank evaluates (and rank 0 saves) the same model: the statistics the stage moved (a
+        # frozen body's stay as they were, in eval mode) are made the same on every rank.
+        self.comm.sync_buffers(bn_net)
         return self.comm.mean(sum(losses) / len(losses) if losses else float("nan"))
 
     def sweep(self, stage: Stage, group_rates: Callable[[float], list[float]], rule: str) -> dict:

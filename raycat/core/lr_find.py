@@ -26,6 +26,13 @@ MIN_STEPS = 50  # a curve needs some points: short epochs are cycled to reach th
 START_LR, END_LR = 1e-7, 10.0
 DIVERGE_FACTOR = 4.0
 EMA_BETA = 0.98
+# The first points of a sweep are left out of every suggestion (fast.ai v1's skip_start), and of the
+# divergence check: the EMA rests on one or two batches there, so one easy batch reads as the
+# curve's minimum (a sweep suggested 1e-6 so, and the unfrozen stage then learnt nothing), the fall
+# from it as the steepest descent, and, on a model whose loss is already low (a fine-tuned head),
+# the next ordinary batch as a loss 4x the best: a pretrained body's unfrozen sweep "diverged" at
+# its 18th step, at 1e-6, and the stage trained at the floor rate.
+SKIP_START = 10
 
 
 def sweep_steps(steps_per_epoch: int, cheap: bool = False) -> int:
@@ -93,9 +100,10 @@ def range_test(step: Callable[[float], float], n_steps: int, start: float = STAR
         lrs.append(lr)
         losses.append(loss)
         smoothed = ema_smooth(losses)[-1]
-        if i > 0 and diverged(smoothed, best):
+        if i > SKIP_START and diverged(smoothed, best):
             break
-        best = min(best, smoothed)
+        if i >= SKIP_START:
+            best = min(best, smoothed)
     return lrs, losses, ema_smooth(losses)
 
 
@@ -108,11 +116,6 @@ def suggest_minimum(lrs: list[float], losses: list[float]) -> float:
 
 
 SUGGESTIONS = {"minimum": suggest_minimum, "valley": suggest_valley, "steepest": suggest_steepest}
-# The first points of a sweep are left out of every suggestion (fast.ai v1's skip_start): the EMA
-# rests on one or two batches there, so one easy batch reads as the curve's minimum (a sweep
-# suggested 1e-6 so, and the unfrozen stage then learnt nothing) and the fall from it as the
-# steepest descent.
-SKIP_START = 10
 
 
 # The minimum rule reads "one decade before the loss turns up"; a sweep whose smoothed loss is still

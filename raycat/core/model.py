@@ -144,14 +144,17 @@ def freeze_to(model: Classifier, n: int) -> None:
             p.requires_grad_(i >= n)
 
 
-def set_train_mode(model: Classifier) -> None:
+def set_train_mode(model: Classifier, bn_freeze: bool = False) -> None:
     """model.train(), but a BatchNorm whose parameters are all frozen stays in eval mode: its
-    statistics don't move while its group is frozen (whichever body, however it is cut)."""
+    statistics don't move while its group is frozen (whichever body, however it is cut). With
+    `bn_freeze` (the 2017 course's `learn.bn_freeze(True)`) every BatchNorm of the body keeps its
+    statistics, frozen or not; their scales and shifts still train."""
     model.train()
+    kept = {id(m) for m in model.body.modules()} if bn_freeze else set()
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             own = list(m.parameters(recurse=False))
-            if own and not any(p.requires_grad for p in own):
+            if id(m) in kept or (own and not any(p.requires_grad for p in own)):
                 m.eval()
 
 

@@ -141,7 +141,7 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
     # Augmented, then normalised as the body's pretraining was (its mean and std, on the model)
     spec = AugmentSpec(r.aug, r.max_zoom, mean=model.mean, std=model.std)
     loop = Loop(model, data, comm, device, precision, spec, optim, r.batch_size, log,
-                on_step if comm.rank == 0 else None, loss_weight, r.bn_images, global_batch)
+                on_step if comm.rank == 0 else None, loss_weight, r.bn_images, global_batch, r.bn_freeze)
     units = plan(r, sweeps)
     only_lr_find = sweeps == SWEEP_ONLY
     if ("lr_find", 0) not in units:  # no sweep: the given rate is every stage's
