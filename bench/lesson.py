@@ -188,6 +188,7 @@ GRID = [
     ("defaults", []),
     ("batch 32 a worker (64 a step)", ["--batch-size", "32"]),
     ("lr-mult 10", ["--lr-mult", "10"]),
+    ("no bn-freeze", ["--no-bn-freeze"]),
     ("unfrozen cycles 1", ["--unfrozen-cycles", "1"]),
     ("unfrozen cycles 2", ["--unfrozen-cycles", "2"]),
     ("size 160", ["--size", "160"]),

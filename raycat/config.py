@@ -109,8 +109,9 @@ class Recipe:
     precompute_epochs: int | None = arg(None, "epochs of the head on precomputed body activations "
                                         "(default: 1 with pretrained weights, 0 from scratch)")
     head_cycles: int | None = arg(None, "SGDR cycles (cycle_len=1) of the head with augmentation "
-                                  "(default: 2 with pretrained weights, 0 from scratch)")
-    unfrozen_cycles: int = arg(3, "SGDR cycles after unfreezing (cycle_mult=2: 1+2+4 epochs for 3)")
+                                  "(default: 1 with pretrained weights, 0 from scratch)")
+    unfrozen_cycles: int | None = arg(None, "SGDR cycles after unfreezing (cycle_mult=2: 1+2 epochs for 2, 1+2+4 "
+                                      "for 3; default: 2 with pretrained weights, 3 from scratch)")
     cycle_len: int = arg(1, "epochs in the first SGDR cycle")
     cycle_mult: int = arg(2, "each unfrozen cycle is this many times longer than the one before")
     schedule: str = arg("sgdr", "the unfrozen stage's rates: sgdr (cosine, restarting each cycle) or one_cycle "
@@ -141,8 +142,8 @@ class Recipe:
         _check(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _check(self.lr_mult is None or self.lr_mult >= 1, "lr_mult", f"must be >= 1, got {self.lr_mult}")
         _check(0 <= self.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
-        _non_negative(self, "unfrozen_cycles", "tta", "weight_decay", "momentum", "bn_images")
-        for name in ("precompute_epochs", "head_cycles"):
+        _non_negative(self, "tta", "weight_decay", "momentum", "bn_images")
+        for name in ("precompute_epochs", "head_cycles", "unfrozen_cycles"):
             _check(getattr(self, name) is None or getattr(self, name) >= 0, name, "must be >= 0")
 
     @property
@@ -158,7 +159,9 @@ class Recipe:
         return dataclasses.replace(
             self,
             precompute_epochs=(1 if pre else 0) if self.precompute_epochs is None else self.precompute_epochs,
-            head_cycles=(2 if pre else 0) if self.head_cycles is None else self.head_cycles,
+            # (chosen by time to accuracy on ants/bees from ImageNet: bench/RESULTS.md, "Choosing the defaults")
+            head_cycles=(1 if pre else 0) if self.head_cycles is None else self.head_cycles,
+            unfrozen_cycles=(2 if pre else 3) if self.unfrozen_cycles is None else self.unfrozen_cycles,
             lr_mult=(3.0 if pre else 1.0) if self.lr_mult is None else self.lr_mult,
             bn_freeze=pre if self.bn_freeze is None else self.bn_freeze,
         )

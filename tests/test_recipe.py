@@ -64,8 +64,12 @@ def test_from_scratch_skips_the_frozen_stages_and_uses_one_rate():
     assert plan(r) == [("lr_find", 0), ("unfrozen", 0), ("unfrozen", 1), ("unfrozen", 2)]
     assert r.resolved().lr_mult == 1.0
     assert plan(recipe(weights="none", precompute_epochs=None, head_cycles=2))[1:3] == [("head", 0), ("head", 1)]
-    pre = recipe(weights="imagenet", precompute_epochs=None, head_cycles=None, lr_mult=None).resolved()
-    assert (pre.precompute_epochs, pre.head_cycles, pre.lr_mult) == (1, 2, 3.0)
+    pre = recipe(weights="imagenet", precompute_epochs=None, head_cycles=None, lr_mult=None,
+                 unfrozen_cycles=None, bn_freeze=None).resolved()
+    assert (pre.precompute_epochs, pre.head_cycles, pre.unfrozen_cycles, pre.lr_mult, pre.bn_freeze) == \
+        (1, 1, 2, 3.0, True)
+    scratch = recipe(weights="none", unfrozen_cycles=None, bn_freeze=None).resolved()
+    assert (scratch.unfrozen_cycles, scratch.bn_freeze) == (3, False)
     model, data = setup()
     state = go(r.__class__(**{**r.__dict__, "lr": 0.01}), model, data)
     assert [h["stage"] for h in state.history] == ["unfrozen"] * 3 and "lr_find_unfrozen" not in state.lr_finds
@@ -94,7 +98,8 @@ def test_a_resumed_run_ends_with_the_uninterrupted_run_s_weights_and_history():
 
 
 def test_early_stop_keeps_the_best_epoch():
-    r = recipe(lr=3.0, unfrozen_cycles=3, patience=1, precompute_epochs=0, head_cycles=0)  # diverges after epoch 1
+    r = recipe(lr=3.0, unfrozen_cycles=3, patience=1, precompute_epochs=0, head_cycles=0,
+               bn_freeze=False)  # diverges after epoch 1
     model, data = setup()
     state = go(r, model, data)
     unfrozen = [h for h in state.history if h["stage"] == "unfrozen"]
