@@ -186,15 +186,13 @@ Whole commands, one after another, alone on the machine. Machine: {machine()}.
 # Candidate defaults: (label, flags). The first is the default recipe as shipped.
 GRID = [
     ("defaults", []),
-    ("batch 32 a worker (64 a step)", ["--batch-size", "32"]),
-    ("lr-mult 10", ["--lr-mult", "10"]),
-    ("no bn-freeze", ["--no-bn-freeze"]),
+    ("head cycles 2", ["--head-cycles", "2"]),
     ("unfrozen cycles 1", ["--unfrozen-cycles", "1"]),
-    ("unfrozen cycles 2", ["--unfrozen-cycles", "2"]),
+    ("unfrozen cycles 3 (1+2+4)", ["--unfrozen-cycles", "3"]),
+    ("no bn-freeze", ["--no-bn-freeze"]),
     ("size 160", ["--size", "160"]),
-    ("precompute 2", ["--precompute-epochs", "2"]),
-    ("head cycles 1", ["--head-cycles", "1"]),
-    ("patience 1", ["--patience", "1"]),
+    ("precompute 0", ["--precompute-epochs", "0"]),
+    ("batch 32 a worker (64 a step)", ["--batch-size", "32"]),
 ]
 
 
