@@ -53,7 +53,7 @@ class ScorerPool:
                 load[i] += 1
             if not running:
                 return
-            ready, _ = ray.wait(list(running) + self._ready, num_returns=1)
+            ready, _ = ray.wait(self._ready + list(running), num_returns=1)  # (a load first: its time)
             for ref in ready:
                 if ref in self._ready:  # an actor's model is loaded (for the first-shard figure)
                     self.ready_at = self.ready_at or time.time()

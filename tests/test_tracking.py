@@ -159,7 +159,7 @@ def test_train_from_a_labels_csv_logs_params_every_epoch_and_outputs_to_the_read
     out = tmp_path / "out"
     assert main(["train", *args, "--out", str(out), "--tracking", "mlflow", "--arch", "resnet18", "--weights", "none",
                  "--size", "32", "--batch-size", "8", "--unfrozen-cycles", "2", "--cycle-mult", "1",
-                 "--tta", "0"]) == 0
+                 "--tta", "0", "--lr", "0.01"]) == 0
     m = json.load(open(out / "metrics.json"))
     assert m["n_train"] == 30 and m["n_valid"] == 10 and m["n_skipped"] == 1  # 25% of 20 a class; the bad row
 
