@@ -98,8 +98,8 @@ def _outputs(out):
                 .sort_values("path").reset_index(drop=True)
         elif name == "metrics.json":
             m = json.loads(storage.read_text(uri))
-            got[name] = {k: v for k, v in m.items() if k not in ("seconds", "first_shard_seconds", "resumed_shards",
-                                                                 "resumed_images")}
+            got[name] = {k: v for k, v in m.items() if k not in ("seconds", "first_shard_seconds", "actors_ready_seconds",
+                                                                 "resumed_shards", "resumed_images")}
         else:
             got[name] = storage.read_bytes(uri)
     return got

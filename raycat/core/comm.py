@@ -93,9 +93,17 @@ class TorchComm:
                 self.dist.broadcast(b, src=0)
 
     def broadcast(self, module: nn.Module) -> None:
-        """Rank 0's parameters and buffers on every rank."""
-        for t in [*module.parameters(), *module.buffers()]:
-            self.dist.broadcast(t.data, src=0)
+        """Rank 0's parameters and buffers on every rank: one call a dtype (each call is a round
+        trip; a head has a dozen tensors)."""
+        tensors = [*module.parameters(), *module.buffers()]
+        for dtype in sorted({t.dtype for t in tensors}, key=str):
+            group = [t for t in tensors if t.dtype == dtype]
+            flat = torch.cat([t.detach().reshape(-1) for t in group])
+            self.dist.broadcast(flat, src=0)
+            offset = 0
+            for t in group:
+                t.data.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
 
     def wrap(self, module: nn.Module, device: torch.device, key: str) -> nn.Module:
         """One DDP wrapper per stage (`key`), built on first use and reused by every later epoch.

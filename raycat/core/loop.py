@@ -193,11 +193,13 @@ class Loop:
                 hook.remove()
         if self.bn_images:
             bn_stats.recompute(bn_net, tail.batches(), lambda x: self._forward(bn_net, x))
-        if net is self.model.head and self.comm.world_size > 1:
-            self.comm.broadcast(self.model.head)  # every worker stepped alike: rank 0's head for all
-        # Every rank evaluates (and rank 0 saves) the same model: the statistics the stage moved (a
-        # frozen body's stay as they were, in eval mode) are made the same on every rank.
-        self.comm.sync_buffers(bn_net)
+        if net is self.model.head:
+            # Every worker stepped alike: rank 0's head (weights and statistics) for all.
+            self.comm.broadcast(self.model.head)
+        else:
+            # Every rank evaluates (and rank 0 saves) the same model: the statistics the stage moved
+            # (a frozen body's stay as they were, in eval mode) are made the same on every rank.
+            self.comm.sync_buffers(bn_net)
         return self.comm.mean(sum(losses) / len(losses) if losses else float("nan"))
 
     def sweep(self, stage: Stage, group_rates: Callable[[float], list[float]], rule: str) -> dict:
