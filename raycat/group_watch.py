@@ -19,13 +19,14 @@ The text is made by pure functions below; the callback is the thin Ray shell aro
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
 
 from ray.train.v2._internal.execution.callback import ControllerCallback, ReportCallback
 
-WAIT_FIRST_S = 20.0  # a group that starts in less is not "waiting"
+WAIT_FIRST_S = 20.0  # a group that starts in less is not "waiting" ($RAYCAT_WAIT_FIRST_S overrides)
 WAIT_EVERY_S = 30.0
 POLL_S = 2.0
 _WAITING_STATES = {"INITIALIZING", "SCHEDULING", "RESCHEDULING", "RESTARTING", "RESIZING"}
@@ -118,6 +119,8 @@ class GroupWatch(ControllerCallback, ReportCallback):
     def __init__(self, queue, per_worker: dict[str, float], min_workers: int, max_workers: int, command: str):
         self.queue, self.per_worker, self.command = queue, dict(per_worker), command
         self.min_workers, self.max_workers = min_workers, max_workers
+        # read here, in the driver: the controller that runs the watch has the cluster's env, not the job's
+        self.wait_first_s = float(os.environ.get("RAYCAT_WAIT_FIRST_S", WAIT_FIRST_S))
         self._lock = threading.Lock()
         self._workers: int | None = None  # the running group's size
         self._pending: int | None = None  # the size Ray Train is starting
@@ -130,10 +133,11 @@ class GroupWatch(ControllerCallback, ReportCallback):
 
     def __getstate__(self):  # the queue and settings travel to the controller; the thread starts there
         return {k: v for k, v in self.__dict__.items() if k in ("queue", "per_worker", "command", "min_workers",
-                                                                 "max_workers")}
+                                                                 "max_workers", "wait_first_s")}
 
     def __setstate__(self, d):
         self.__init__(d["queue"], d["per_worker"], d["min_workers"], d["max_workers"], d["command"])
+        self.wait_first_s = d["wait_first_s"]
 
     def _send(self, kind: str, item) -> None:
         try:
@@ -188,7 +192,7 @@ class GroupWatch(ControllerCallback, ReportCallback):
             if since is None:
                 continue
             now = time.monotonic()
-            if now - since < WAIT_FIRST_S or now - self._said_at < WAIT_EVERY_S:
+            if now - since < self.wait_first_s or now - self._said_at < WAIT_EVERY_S:
                 continue
             self._said_at = now
             try:

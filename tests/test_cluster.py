@@ -48,8 +48,12 @@ def start_cluster(temp_dir):
     # until the grow has come, whatever the speed of an epoch.
     # A start at the old size that waits for the lost node gives up after 10 s here (raycat's 30 s
     # is for real clusters; a retry costs nothing).
+    # The GCS declares a silent node dead after 3 missed 1 s health checks (Ray's defaults, 5 x 3 s
+    # after a 5 s grace, are for real networks; the loss is a kill on loopback).
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAYCAT_RESIZE_INTERVAL_S": "5",
-           "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10", "RAYCAT_TEST_HOLD": os.path.join(temp_dir, "hold")}
+           "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10", "RAYCAT_TEST_HOLD": os.path.join(temp_dir, "hold"),
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+           "RAY_health_check_timeout_ms": "1000"}
     env.pop("RAY_ADDRESS", None)
     common = ["--temp-dir", temp_dir, "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--num-cpus=3"]
     head = [RAY, "start", "--head", f"--port={p[0]}", f"--dashboard-port={p[1]}", "--include-dashboard=true",
@@ -172,15 +176,18 @@ def second_node_back(cluster):
 @pytest.fixture
 def elastic_data(tmp_path):
     return make_shapes_dataset(str(tmp_path / "data"), classes=("circle", "square", "triangle"), n_train=60,
-                               n_valid=8, seed=0, easy=True, clutter=False)
+                               n_valid=16, seed=0, easy=True, clutter=False)
 
 
 # 2 CPUs a worker: each node (3 CPUs) holds one, so losing the second node leaves room for one.
-RUN = ["--cpus-per-worker", "2", "--arch", "resnet18", "--weights", "none", "--size", "32", "--batch-size", "8",
-       "--lr", "0.02", "--patience", "99", "--tta", "0", "--cache", "memory"]
+# resnet10t (timm, 4.9M parameters): half of resnet18's gradients to reduce and checkpoints to
+# write to the S3 server each epoch, and it learns these shapes as well. flip_shift: side_on's
+# rotations and zooms at 32 px left the kept epoch anywhere between 0.83 and 0.98.
+RUN = ["--cpus-per-worker", "2", "--arch", "resnet10t", "--weights", "none", "--size", "32", "--batch-size", "8",
+       "--lr", "0.02", "--aug", "flip_shift", "--patience", "99", "--tta", "0", "--cache", "memory"]
 # Eight one-epoch SGDR cycles: the loss comes in epoch 2, the one-worker group trains an epoch and is
 # then held (not timed) until the node is back and the group has grown; the grown group trains the
-# rest (these easy shapes are learnt whole in about 7 epochs).
+# rest (these easy shapes are learnt in about 3 epochs).
 ELASTIC_CYCLES, EPOCHS = 8, 8
 
 
@@ -241,9 +248,9 @@ def test_an_elastic_train_job_on_s3_rides_out_a_lost_node_and_its_model_scores_a
     assert [int(r["step"]) for r in steps] == list(range(EPOCHS * per_epoch))
     expected = [sgdr_lr(0.02, i, per_epoch, 1, 1) for i in range(EPOCHS * per_epoch)]
     assert [float(r["lr_head"]) for r in steps] == pytest.approx(expected, rel=1e-6)
-    # Within noise of an uninterrupted run: these easy shapes are learnt whole in 7 epochs (the
-    # uninterrupted run of the same flags reaches 1.0; bench/elastic.py); 24 valid images, so one
-    # miss is 0.04.
+    # Within noise of an uninterrupted run: the same flags on one node, never resized, were at
+    # 0.92-0.98 from epoch 3 and kept 0.98 (2026-12-06, Xeon); 48 valid images, so one
+    # miss is 0.02.
     assert metrics["valid_accuracy"] >= 0.9, metrics
 
     pred = f"s3://{bucket}/cluster/pred"
@@ -251,4 +258,4 @@ def test_an_elastic_train_job_on_s3_rides_out_a_lost_node_and_its_model_scores_a
                      sys.executable, "predict", out, f"{data}/valid", "--out", pred, "--tta", "1", "--workers", "2")
     assert scoring.finish(300) == 0, scoring.text()[-3000:]
     m = json.loads(storage.read_bytes(f"{pred}/metrics.json"))
-    assert m["n_images"] == 24 and m["n_skipped"] == 0
+    assert m["n_images"] == 48 and m["n_skipped"] == 0
