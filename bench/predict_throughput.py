@@ -79,7 +79,9 @@ def make_fmnist(root: str, n: int) -> list[str]:
 
 def make_photos(root: str, n: int, source: str) -> list[str]:
     """n files copied round-robin from the ants/bees photos (train and valid) into ants/ and bees/."""
-    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(source) for f in fs)
+    # only the class folders' photos (fastai, run by bench/lesson.py, leaves a models/ folder beside them)
+    files = sorted(os.path.join(source, split, c, f) for split in ("train", "valid") for c in ("ants", "bees")
+                   for f in os.listdir(os.path.join(source, split, c)) if f.lower().endswith((".jpg", ".jpeg")))
     if not files:
         raise SystemExit(f"no photos under {source}: run bench/real_photos.py first (it extracts them)")
     classes = ["ants", "bees"]

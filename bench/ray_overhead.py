@@ -104,11 +104,12 @@ def window_shares(samples, t_from: float, t_to: float) -> dict[str, float]:
     return {g: v / (wall * cores) for g, v in used.items()}
 
 
-def one_run(data: str, lean: bool) -> dict:
+def one_run(data: str, lean: bool, extra_env: dict | None = None) -> dict:
     out = tempfile.mkdtemp(prefix="bench-ro-")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     if not lean:
         env["RAYCAT_FULL_RAY"] = "1"
+    env.update(extra_env or {})
     cmd = [sys.executable, "-m", "raycat", "train", data, "--out", out, "--arch", "resnet18", "--weights", "none",
            "--size", "48", "--batch-size", "64", "--workers", "1", "--lr", "0.01", "--unfrozen-cycles", "4",
            "--cycle-mult", "1", "--patience", "99", "--tta", "0", "--cache", "memory"]
@@ -143,10 +144,14 @@ def main() -> None:
     per = args.images // 3
     data = make_shapes_dataset(os.path.join(root, "data"), classes=("circle", "square", "triangle"), n_train=per,
                                n_valid=max(8, per // 10), seed=0, easy=True, clutter=False)
-    runs = {"Ray's defaults (RAYCAT_FULL_RAY=1)": [], "raycat's lean local Ray": []}
+    # Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s); it also
+    # takes their reports and sees the run end at a poll, so a longer interval costs latency.
+    poll10 = "raycat's lean local Ray, Train's controller polling every 10 s"
+    runs = {"Ray's defaults (RAYCAT_FULL_RAY=1)": [], "raycat's lean local Ray": [], poll10: []}
     for _ in range(args.runs):
         for name in runs:
-            runs[name].append(one_run(data, lean=name.startswith("raycat")))
+            runs[name].append(one_run(data, lean=name.startswith("raycat"),
+                                      extra_env={"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "10"} if name == poll10 else None))
             r = runs[name][-1]
             print(f"{name}: system {r['system']:.1%}, ray start {r['ray_start']:.1f}s, first step "
                   f"{r['to_first_step']:.1f}s, wall {r['wall']:.0f}s", flush=True)
@@ -163,7 +168,7 @@ def main() -> None:
 `raycat train` (its own local Ray), 1 worker x all cores, resnet18 from scratch, 48 px, {per * 3} train
 images, 4 epochs at a fixed rate, decoded images in memory. Share of the machine's CPU (CPU seconds
 over wall seconds x {os.cpu_count()} cores) between the first optimizer step and the end of training,
-sampled each second from /proc; median of {args.runs} runs each, the two kinds alternating.
+sampled each second from /proc; median of {args.runs} runs each, the kinds alternating.
 Machine: {machine()}.
 
 | Ray | all of Ray's own | {' | '.join(groups)} | Ray start | to first step | whole command |
