@@ -163,6 +163,17 @@ def test_the_watch_says_it_waits_and_says_it_again_while_it_waits(monkeypatch):
         watch.before_controller_abort()
 
 
+def test_the_first_wait_s_is_read_in_the_driver_and_travels_to_the_controller(monkeypatch):
+    import pickle
+
+    monkeypatch.setenv("RAYCAT_WAIT_FIRST_S", "2")
+    watch = group_watch.GroupWatch(None, {"CPU": 1.0}, 1, 2, "train")  # (the queue: a Ray actor handle in a run)
+    monkeypatch.delenv("RAYCAT_WAIT_FIRST_S")  # the controller's process has the cluster's env, not the job's
+    there = pickle.loads(pickle.dumps(watch))
+    assert watch.wait_first_s == there.wait_first_s == 2.0
+    assert group_watch.GroupWatch(None, {"CPU": 1.0}, 1, 2, "train").wait_first_s == group_watch.WAIT_FIRST_S
+
+
 @pytest.mark.integration
 def test_a_min_this_machine_can_never_hold_exits_2_before_training(ray_local, tmp_path, capsys):
     from raycat.datasets import make_shapes_dataset

@@ -243,6 +243,8 @@ def test_a_killed_driver_resumes_scoring_only_what_is_missing_and_ends_as_a_clea
     assert main(args(str(out))) == 0
     m, c = json.load(open(out / "metrics.json")), json.load(open(os.path.join(clean, "metrics.json")))
     assert m["resumed_images"] >= before - 1 and 5000 - m["resumed_images"] <= 0.55 * 5000
+    # the actors are up before the first shard's summary, which comes before the end
+    assert 0 < c["actors_ready_seconds"] <= c["first_shard_seconds"] <= c["seconds"], c
     timing = {"seconds", "first_shard_seconds", "actors_ready_seconds", "resumed_shards", "resumed_images"}
     assert {k: v for k, v in m.items() if k not in timing} == {k: v for k, v in c.items() if k not in timing}
     a = predictions(str(out / "predictions")).sort_values("path").reset_index(drop=True)
