@@ -188,7 +188,7 @@ def elastic_data(tmp_path):
 # rotations and zooms at 32 px left the kept epoch anywhere between 0.83 and 0.98.
 RUN = ["--cpus-per-worker", "2", "--arch", "resnet10t", "--weights", "none", "--size", "32", "--batch-size", "8",
        "--lr", "0.02", "--aug", "flip_shift", "--patience", "99", "--tta", "0", "--cache", "memory"]
-# Six one-epoch SGDR cycles: the loss comes in epoch 3, the one-worker group trains an epoch and is
+# Six one-epoch SGDR cycles: the loss comes as epoch 2 ends, the one-worker group trains an epoch and is
 # then held (not timed) until the node is back and the group has grown; the grown group trains the
 # rest (these easy shapes are learnt in about 3 epochs).
 ELASTIC_CYCLES, EPOCHS = 6, 6
@@ -205,7 +205,7 @@ def test_an_elastic_train_job_on_s3_rides_out_a_lost_node_and_its_model_scores_a
                  sys.executable, "train", data, "--out", out, "--workers", "1-2", "--placement", "SPREAD",
                  "--unfrozen-cycles", str(ELASTIC_CYCLES), "--cycle-mult", "1", *RUN)
     try:
-        # Lost once epoch 2 is under way: epoch 1's checkpoint is kept by then (its row is printed
+        # Lost once epoch 2's row is printed: epoch 1's checkpoint is kept by then (its row is printed
         # before the checkpoint is written, so losing the node at that row could lose the epoch too).
         run.wait_for(r"^unfrozen\s+2\s", 240)
         lose_second_node(cluster)
