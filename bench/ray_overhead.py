@@ -150,8 +150,8 @@ def main() -> None:
     runs = {"Ray's defaults (RAYCAT_FULL_RAY=1)": [], "raycat's lean local Ray": [], poll10: []}
     for _ in range(args.runs):
         for name in runs:
-            runs[name].append(one_run(data, lean=name.startswith("raycat"),
-                                      extra_env={"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "10"} if name == poll10 else None))
+            extra = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "10"} if name == poll10 else None
+            runs[name].append(one_run(data, lean=name.startswith("raycat"), extra_env=extra))
             r = runs[name][-1]
             print(f"{name}: system {r['system']:.1%}, ray start {r['ray_start']:.1f}s, first step "
                   f"{r['to_first_step']:.1f}s, wall {r['wall']:.0f}s", flush=True)

@@ -128,21 +128,19 @@ def parse_config(argv: list[str]) -> tuple[str, Any]:
     return command, build(cls, values)
 
 
-COMMAND_LINE: list[str] = []  # the command main() runs, as typed: the report's first line
-
-
-def command_line() -> str:
-    """The raycat command this process runs (`raycat train DATA ...`), for what a run writes."""
+def command_line(argv: list[str]) -> str:
+    """The raycat command `argv` runs (`raycat train DATA ...`), for what a run writes."""
     import shlex
 
-    return shlex.join(["raycat", *(COMMAND_LINE or sys.argv[1:])])
+    return shlex.join(["raycat", *argv])
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    COMMAND_LINE[:] = argv
     try:
         command, cfg = parse_config(argv)
+        if hasattr(cfg, "command"):  # passed on as a value: workers and trials never read sys.argv
+            cfg.command = command_line(argv)
         return int(COMMANDS[command][1](cfg) or 0)
     except BadInput as e:
         print(f"raycat: error: {e}", file=sys.stderr)

@@ -44,6 +44,14 @@ def arg(default: Any, help: str, positional: bool = False, choices: tuple | None
     return field(default=default, metadata=meta)
 
 
+def given(help: str) -> Any:
+    """A value the runner of the command passes in, never a flag (the command line as typed)."""
+    return field(default="", metadata={"given": True, "help": help})
+
+
+COMMAND_HELP = "the command as typed (`raycat train DATA ...`): what the run's report shows; set by the CLI"
+
+
 def part(cls: type) -> Any:
     """A component of a job's config (its fields are the job's flags too)."""
     return field(default_factory=cls, metadata={"part": True})
@@ -110,8 +118,10 @@ class Recipe:
                                         "(default: 1 with pretrained weights, 0 from scratch)")
     head_cycles: int | None = arg(None, "SGDR cycles (cycle_len=1) of the head with augmentation "
                                   "(default: 1 with pretrained weights, 0 from scratch)")
-    unfrozen_cycles: int | None = arg(None, "SGDR cycles after unfreezing (cycle_mult=2: 1+2 epochs for 2, 1+2+4 "
-                                      "for 3; default: 2 with pretrained weights, 3 from scratch)")
+    unfrozen_cycles: int | None = arg(None, "SGDR cycles after unfreezing at most (cycle_mult=2: 1+2 epochs for 2, "
+                                      "1+2+4 for 3; default: 4 with pretrained weights, 3 from scratch)")
+    until_overfit: bool = arg(True, "end the unfrozen stage after the first SGDR cycle that does not lower the "
+                              "valid loss (the lesson's 'until over-fitting'); --no-until-overfit runs every cycle")
     cycle_len: int = arg(1, "epochs in the first SGDR cycle")
     cycle_mult: int = arg(2, "each unfrozen cycle is this many times longer than the one before")
     schedule: str = arg("sgdr", "the unfrozen stage's rates: sgdr (cosine, restarting each cycle) or one_cycle "
@@ -161,7 +171,8 @@ class Recipe:
             precompute_epochs=(1 if pre else 0) if self.precompute_epochs is None else self.precompute_epochs,
             # (chosen by time to accuracy on ants/bees from ImageNet: bench/RESULTS.md, "Choosing the defaults")
             head_cycles=(1 if pre else 0) if self.head_cycles is None else self.head_cycles,
-            unfrozen_cycles=(2 if pre else 3) if self.unfrozen_cycles is None else self.unfrozen_cycles,
+            # (a cap: the stage ends at the first cycle that does not lower the valid loss, until_overfit)
+            unfrozen_cycles=(4 if pre else 3) if self.unfrozen_cycles is None else self.unfrozen_cycles,
             lr_mult=(3.0 if pre else 1.0) if self.lr_mult is None else self.lr_mult,
             bn_freeze=pre if self.bn_freeze is None else self.bn_freeze,
         )
@@ -295,6 +306,8 @@ class TrainConfig:
     recipe: Recipe = part(Recipe)
     resources: TrainResources = part(TrainResources)
 
+    command: str = given(COMMAND_HELP)
+
     def __post_init__(self) -> None:
         _require(self, "data", "out")
         _choice(self, "tracking", TRACKERS)
@@ -313,6 +326,8 @@ class LrFindConfig:
     valid_pct: float | None = arg(None, VALID_PCT_HELP)
     recipe: Recipe = part(Recipe)
     resources: TrainResources = part(TrainResources)
+
+    command: str = given(COMMAND_HELP)
 
     def __post_init__(self) -> None:
         _require(self, "data", "out")
@@ -340,6 +355,8 @@ class TuneConfig:
     recipe: Recipe = part(Recipe)
     resources: TrainResources = part(TrainResources)
 
+    command: str = given(COMMAND_HELP)
+
     def __post_init__(self) -> None:
         _require(self, "data", "out")
         _choice(self, "tracking", TRACKERS)
@@ -350,7 +367,7 @@ class TuneConfig:
     def trial(self, recipe: Recipe, out: str) -> TrainConfig:
         """One trial's `raycat train`: this sweep's data and resources, a sampled recipe."""
         return TrainConfig(data=self.data, out=out, labels=self.labels, valid_pct=self.valid_pct, recipe=recipe,
-                           resources=self.resources)
+                           resources=self.resources, command=self.command)
 
 
 @dataclass
@@ -370,6 +387,8 @@ class PredictConfig:
                          "its node) | fp32 | bf16 (autocast)", choices=PRECISIONS)
     top: int = arg(16, "images in each grid of the images worth a look (top_losses.png, ...)")
     resources: Resources = part(Resources)
+
+    command: str = given(COMMAND_HELP)
 
     def __post_init__(self) -> None:
         self.images = [self.images] if isinstance(self.images, str) else list(self.images)
@@ -443,6 +462,8 @@ def flat_fields(cls: type) -> list[tuple[dataclasses.Field, Any, type | None]]:
     out = []
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("given"):
+            continue
         if f.metadata.get("part"):
             sub = hints[f.name]
             sub_hints = _hints(sub)
@@ -496,6 +517,8 @@ def build(cls: type, values: dict[str, Any]) -> Any:
         (top if owner is None else parts.setdefault(owner, {}))[k] = v
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("given"):
+            continue
         if f.metadata.get("part"):
             top[f.name] = hints[f.name](**parts.get(hints[f.name], {}))
     return cls(**top)

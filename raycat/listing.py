@@ -80,38 +80,54 @@ def listing_threads(n_units: int, images: str) -> int:
 def stream_shards(units: list[dict], source: Source, ahead: int = 16) -> Iterator[dict]:
     """The shard rows of every unit, as the units are listed (by listing_threads threads), in no
     fixed order; at most `ahead` rows wait to be taken, so memory stays flat however many images
-    there are. An error listing a unit is raised here, in the caller's thread."""
+    there are. An error listing a unit is raised here, in the caller's thread.
+
+    The listing threads are daemons and never block for long: every put gives up once the
+    consumer is gone (the generator closed, or the process exiting after a failure), so a failed
+    run ends with its exit status instead of waiting on a full queue nobody reads."""
     import queue
     import threading
-    from concurrent.futures import ThreadPoolExecutor
 
     rows: queue.Queue = queue.Queue(maxsize=ahead)
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for u in units:
+        todo.put(u)
     done = object()
     stop = threading.Event()
+    n_threads = listing_threads(len(units), source.images)
+    left = [n_threads]
+    lock = threading.Lock()
 
-    def list_one(unit: dict) -> None:
-        for row in list_unit(unit, source):
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                rows.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def lister() -> None:
+        try:
             while not stop.is_set():
                 try:
-                    rows.put(row, timeout=0.5)
+                    unit = todo.get_nowait()
+                except queue.Empty:
                     break
-                except queue.Full:
-                    continue
-            if stop.is_set():
-                return
+                for row in list_unit(unit, source):
+                    if not put(row):
+                        return
+        except BaseException as e:  # noqa: BLE001 - raised in the consumer's thread
+            put(e)
+            return
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            put(done)
 
-    def run() -> None:
-        with ThreadPoolExecutor(max_workers=listing_threads(len(units), source.images)) as pool:
-            futures = [pool.submit(list_one, u) for u in units]
-            for f in futures:
-                e = f.exception()
-                if e is not None:
-                    stop.set()
-                    rows.put(e)
-                    return
-        rows.put(done)
-
-    threading.Thread(target=run, name="raycat-listing", daemon=True).start()
+    for i in range(n_threads):
+        threading.Thread(target=lister, name=f"raycat-listing-{i}", daemon=True).start()
     try:
         while (row := rows.get()) is not done:
             if isinstance(row, BaseException):

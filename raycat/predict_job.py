@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from raycat import grids, listing, model_card, outputs, storage
 from raycat.config import PredictConfig
 from raycat.errors import BadInput
 from raycat.layout import IMAGE_EXTENSIONS
-from raycat.scoring import DONE, PARTS, ScoringSpec, part_name
+from raycat.scoring import DONE, PARTS, ScoringSpec, actor_memory, part_name
 
 RUN_DIR = ".raycat-predict"
 RUN_NOTE = "run.json"
@@ -128,6 +129,8 @@ def run_predict(cfg: PredictConfig) -> int:
     ray_session.connect(cfg.resources.address, cfg.resources.verbose)
     res = cfg.resources
     cpus = ray_session.worker_cpus(res.cpus_per_worker, res.workers, res.gpu, ray_session.node_cpus())
+    memory = actor_memory(cfg.batch_size, card.size, cfg.tta)
+    check_room(res, cpus, memory)
     run = storage.join(cfg.out, RUN_DIR)
     storage.remove_stale_staging(cfg.out)
     done = prepare_run(run, run_settings(cfg, folder, card))
@@ -136,11 +139,15 @@ def run_predict(cfg: PredictConfig) -> int:
     spec = ScoringSpec(model=folder, card=card.to_json(), tta=cfg.tta, tta_beta=cfg.tta_beta,
                        batch_size=cfg.batch_size, gpu=res.gpu, cpus=cpus, run=run, top=cfg.top, done=frozenset(done),
                        precision=cfg.precision)
-    pool = ScorerPool(spec, res.workers, cpus, res.gpu)
+    pool = ScorerPool(spec, res.workers, cpus, res.gpu, memory)
     tally = Tally(card.classes, cfg.top, images=cfg.images[0])
     first, ready, said = None, None, time.time()
+    # Both generators closed on the way out, whatever ends the loop (an error, Ctrl-C): the listing
+    # threads stop at once, and the command exits with its status.
+    shards = listing.stream_shards(units, source, ahead=4 * res.workers + 4)
+    summaries = pool.score(shards)
     try:
-        for summary in pool.score(listing.stream_shards(units, source, ahead=4 * res.workers + 4)):
+        for summary in summaries:
             if first is None:
                 first = time.time() - t0
                 ready = (pool.ready_at or time.time()) - t0
@@ -150,6 +157,8 @@ def run_predict(cfg: PredictConfig) -> int:
                 print(f"raycat predict: {tally.shards} shards scored ({tally.n_images} images, "
                       f"{tally.n_images / (said - t0):.0f} images/s)", flush=True)
     finally:
+        summaries.close()
+        shards.close()
         pool.close()
     if tally.n_images == 0 and not tally.skipped:
         raise PredictInputError(f"IMAGES {cfg.images[0]}: no images found (extensions: "
@@ -163,6 +172,22 @@ def run_predict(cfg: PredictConfig) -> int:
           f"{peak_mb:.0f} MB; outputs in {cfg.out}")
     return 0
 
+
+
+def check_room(res, cpus: int, memory: int) -> None:
+    """On a local Ray instance, which nothing joins, more scoring actors than it can place would
+    never start: refused before any work (exit 2). A joined cluster may grow; there the pool
+    scores with the actors that are up and says what it waits for while none is."""
+    if res.address is not None or os.environ.get("RAY_ADDRESS"):
+        return
+    from raycat import group_watch, ray_session
+
+    per_actor = {"CPU": cpus, **({"GPU": 1} if res.gpu else {}), "memory": memory}
+    room = group_watch.workers_that_fit(ray_session.node_totals(), per_actor)
+    if room < res.workers:
+        raise PredictInputError(
+            f"--workers {res.workers}: this machine's Ray instance holds {room} scoring actor(s) of {cpus} CPU"
+            f"{' + 1 GPU' if res.gpu else ''} + {memory / 2**30:.1f} GiB memory; lower --workers or --cpus-per-worker")
 
 
 def write_predict_outputs(cfg: PredictConfig, folder: str, card, run: str, tally: Tally, t0: float,

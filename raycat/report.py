@@ -450,6 +450,9 @@ def metric_plot_png(trials: list[dict], metric: str, searched: list[str]) -> byt
     return plots._png(fig)
 
 
-def write(out: str, html_text: str) -> None:
-    """OUT/report.html, written whole (storage writes atomically), local or S3."""
-    storage.write_text(storage.join(out, "report.html"), html_text)
+PAGE, LIVE_PAGE = "report.html", "report.live.html"
+
+
+def write(out: str, html_text: str, name: str = PAGE) -> None:
+    """OUT/report.html (or the live page's name), written whole (storage writes atomically), local or S3."""
+    storage.write_text(storage.join(out, name), html_text)

@@ -12,16 +12,55 @@ import hashlib
 import io
 import json
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from raycat import storage
+from raycat import faults, storage
 from raycat.listing import shard_of
 
 PARTS, DONE = "parts", "done"
 IO_THREADS = 8  # file reads in flight per actor: enough to hide an object store's latency
+# What an actor's memory reservation assumes of a file read ahead (a camera JPEG is 2-5 MB; a
+# larger file still reads, the reservation is a scheduling estimate).
+FILE_BYTES = 4 * 2**20
+BASE_BYTES = 768 * 2**20  # torch, Ray's worker and the model, measured at about 600 MB for Lite0
+
+
+def read_ahead(batch_size: int) -> int:
+    """Files an actor holds read but not yet decoded: enough to keep IO_THREADS busy while a batch
+    decodes, never the whole shard (512 files of 8 MB would be 4 GB an actor)."""
+    return IO_THREADS + batch_size
+
+
+def actor_memory(batch_size: int, size: int, tta: int) -> int:
+    """Bytes a scoring actor reserves in Ray: its base, the files it reads ahead, and a batch's
+    pixels through the body (about 40 bytes a pixel and channel at batch scale, views one at a
+    time), so a node never runs more actors than its memory holds."""
+    views = 1 if tta <= 1 else 2  # the batch and one view of it at once
+    return BASE_BYTES + read_ahead(batch_size) * FILE_BYTES + batch_size * 3 * size * size * 40 * views
+
+
+def bounded_map(pool: Executor, fn: Callable, items: Iterable, window: int) -> Iterator:
+    """fn over items on the pool, in order, at most `window` results held or running at once."""
+    it = iter(items)
+    pending: deque = deque()
+    for item in it:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            break
+    while pending:
+        result = pending.popleft().result()
+        nxt = next(it, _END)
+        if nxt is not _END:
+            pending.append(pool.submit(fn, nxt))
+        yield result
+
+
+_END = object()
 
 
 @dataclass(frozen=True)
@@ -77,6 +116,7 @@ class Scorer:
         # and threads that decode (as many as the CPUs reserved).
         self.io_pool = ThreadPoolExecutor(max_workers=IO_THREADS)
         self.decode_pool = ThreadPoolExecutor(max_workers=spec.cpus) if self.device.type == "cpu" else None
+        self.shards_started = 0  # (the fault-injection point counts them)
 
     def ready(self) -> bool:
         """Answers once the model is loaded (the pool waits for one actor before timing)."""
@@ -97,6 +137,9 @@ class Scorer:
         from raycat.core.evaluate import view_probs
         from raycat.core.tta import tta_views
 
+        # Inert unless a test set it (raycat/faults.py): this actor waits here before a shard.
+        faults.hold("score", faults.HOLD_AT_SHARD, self.shards_started, {"node": _node()})
+        self.shards_started += 1
         shard, paths, labels, bad = shard_of(row)
         spec, classes, k = self.spec, self.card.classes, len(self.card.classes)
         digest = shard_digest(paths, labels, bad)
@@ -115,9 +158,10 @@ class Scorer:
 
         skipped = list(bad)
         kept_paths, kept_labels, probs = [], [], []
-        # Every file of the shard is asked for at once (IO_THREADS at a time, in order): reads run
-        # ahead of decoding and scoring instead of waiting between batches.
-        reads = self.io_pool.map(self._read, paths)
+        # Reads run ahead of decoding and scoring (IO_THREADS at a time, in order) instead of waiting
+        # between batches, but never more than read_ahead files: memory stays flat whatever the shard.
+        # (IO_THREADS running or done, beside the batch being gathered: read_ahead in all)
+        reads = bounded_map(self.io_pool, self._read, paths, IO_THREADS)
         for lo in range(0, len(paths), spec.batch_size):
             chunk = paths[lo:lo + spec.batch_size]
             read = [next(reads) for _ in chunk]
@@ -162,3 +206,12 @@ class Scorer:
         buf = io.BytesIO()
         pq.write_table(pa.table(columns), buf)
         storage.write_bytes(part_uri(self.spec.run, shard), buf.getvalue())
+
+
+def _node() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except Exception:  # noqa: BLE001 - only a label for the marker
+        return ""

@@ -195,6 +195,14 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
                      groups=relay.groups, batch_size=recipe.batch_size)
 
 
+def shown_command(cfg: TrainConfig) -> str:
+    """The command the report shows: the one its runner passed in (a tune trial: the sweep's),
+    else the run's DATA and OUT as a command (raycat called from Python)."""
+    import shlex
+
+    return cfg.command or shlex.join(["raycat", "train", cfg.data, "--out", cfg.out])
+
+
 def flat_settings(cfg: TrainConfig) -> dict:
     """The run's settings by flag name, the recipe's resolved (the report's table)."""
     from raycat.config import to_dict
@@ -205,18 +213,28 @@ def flat_settings(cfg: TrainConfig) -> dict:
 
 
 class LiveReport:
-    """OUT/report.html rewritten as each epoch's row is kept (console.Relay's on_epoch), so a running
+    """The run's page rewritten as each epoch's row is kept (console.Relay's on_epoch), so a running
     job's page shows its progress; the finished page replaces it at the end. Best effort: a page
-    that can't be written never stops training."""
+    that can't be written never stops training.
+
+    Into a fresh OUT it is OUT/report.html. An OUT that holds an earlier finished run (its
+    metrics.json) keeps that run whole until this one ends: the live page is then
+    OUT/report.live.html, removed when this run's outputs are written."""
 
     def __init__(self, cfg: TrainConfig, weights_from: str, classes: list[str], counts: dict):
+        from raycat import report
+
         self.cfg, self.weights_from, self.classes, self.counts = cfg, weights_from, classes, counts
         self.rows: dict[int, dict] = {}
         self.warned = False
+        finished = storage.exists(storage.join(cfg.out, "metrics.json"))
+        self.name = report.LIVE_PAGE if finished else report.PAGE
+        if finished:
+            print(f"raycat train: {cfg.out} holds an earlier finished run until this one ends; this run's live page is "
+                  f"{storage.join(cfg.out, self.name)}")
 
     def epoch(self, row: dict, index: int) -> None:
         from raycat import report
-        from raycat.cli import command_line
 
         self.rows[index] = row
         rows = [self.rows[i] for i in sorted(self.rows)]
@@ -224,13 +242,13 @@ class LiveReport:
             # The table alone: drawing the plot (matplotlib, a second of CPU) on the driver would take
             # it from the workers on a small machine; the finished page has the plots.
             report.write(self.cfg.out, report.train_page(report.TrainReport(
-                command=command_line(), settings=flat_settings(self.cfg), weights_from=self.weights_from,
+                command=shown_command(self.cfg), settings=flat_settings(self.cfg), weights_from=self.weights_from,
                 classes=self.classes, counts=self.counts, history=rows, lr_finds={}, images={}, running=True,
-                out=self.cfg.out)))
+                out=self.cfg.out)), self.name)
         except Exception as e:  # noqa: BLE001 - the page is for people; the run goes on without it
             if not self.warned:
                 self.warned = True
-                print(f"raycat train: warning: could not update {storage.join(self.cfg.out, 'report.html')} "
+                print(f"raycat train: warning: could not update {storage.join(self.cfg.out, self.name)} "
                       f"({type(e).__name__}: {e})")
 
 
@@ -238,7 +256,6 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict, lr_fin
     """The contract's files, metrics.json last. `lr_find_note`: a run that swept nothing writes
     lr_find.csv and .png saying so (`raycat train --lr`; a tune trial writes none)."""
     from raycat import __version__, plots, report
-    from raycat.cli import command_line
     from raycat.core import bodies
     from raycat.core.schedules import GROUP_NAMES
 
@@ -276,7 +293,7 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict, lr_fin
         timing = {"Ray start": metrics["ray_start_seconds"], "to the first step": metrics["to_first_step_seconds"],
                   **{k: round(v, 2) for k, v in state.timing.items()}, "outputs": round(time.time() - t0, 2)}
         report.write(out, report.train_page(report.TrainReport(
-            command=command_line(), settings=flat_settings(cfg), weights_from=fitted.weights_from,
+            command=shown_command(cfg), settings=flat_settings(cfg), weights_from=fitted.weights_from,
             classes=fitted.classes, counts=metrics, history=state.history, lr_finds=lr_finds,
             images={k: v for k, v in images.items() if v}, metrics=metrics,
             confusion=f["confusion_matrix"].tolist(), worker_groups=metrics["worker_groups"],
@@ -285,7 +302,8 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict, lr_fin
     # (an earlier run's curves, where this run drew none)
     stale = [f"{name}.{ext}" for name in ("lr_find", "lr_find_unfrozen") for ext in ("csv", "png")
              if name not in state.lr_finds and not (name == "lr_find" and lr_find_note)]
-    stale += [*grids.FILES, "report.html"]  # an earlier run's grids (even where this run writes none), its page
+    # an earlier run's grids (even where this run writes none), its page; this run's live page
+    stale += [*grids.FILES, "report.html", "report.live.html"]
     metrics = {
         "valid_accuracy": f["valid_accuracy"],
         "valid_loss": f["valid_loss"],

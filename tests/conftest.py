@@ -103,15 +103,65 @@ def bucket(s3_server):
 
 
 @pytest.fixture(scope="session")
-def ray_local(s3_server):
+def ray_local(s3_server, tmp_path_factory):
     """One local Ray instance for the whole session: lean, but with the dashboard tune needs."""
     import ray
 
-    from raycat import ray_session
+    from raycat import faults, ray_session
 
+    # The fault-injection points (raycat/faults.py), inert until a test makes the hold file: Ray's
+    # worker processes take this environment when the instance starts (the `hold` fixture).
+    os.environ.update({faults.HOLD_FILE: os.path.join(tmp_path_factory.mktemp("hold"), "hold"),
+                       faults.HOLD_AT_EPOCH: "1,2", faults.HOLD_AT_SHARD: "1"})
     ray_session.connect(None, dashboard=True)  # the tune tests share it
     yield ray
     ray.shutdown()
+
+
+class Hold:
+    """A test's hold (raycat/faults.py): made on entering, so the job holds at the points the
+    session named; `.wait(n)` the markers of n processes held; `.release()` lets them go on."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def _clear(self) -> None:
+        folder, name = os.path.split(self.path)
+        for entry in os.listdir(folder):
+            if entry == name or entry.startswith(name + ".held-"):
+                os.remove(os.path.join(folder, entry))
+
+    def __enter__(self):
+        self._clear()
+        open(self.path, "w").close()
+        return self
+
+    def __exit__(self, *exc):
+        self._clear()
+
+    def wait(self, n: int, timeout: float = 240, exclude=()) -> list[dict]:
+        """The markers of n held processes (not counting those whose pid is in `exclude`)."""
+        from raycat import faults
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [m for m in faults.held(self.path) if m.get("pid") not in exclude]
+            if len(found) >= n:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"{n} process(es) did not reach the hold in {timeout}s")
+
+    def release(self) -> None:
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
+@pytest.fixture
+def hold(ray_local):
+    from raycat import faults
+
+    with Hold(os.environ[faults.HOLD_FILE]) as h:
+        yield h
 
 
 @pytest.fixture(scope="session")

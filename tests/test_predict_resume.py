@@ -98,8 +98,8 @@ def _outputs(out):
                 .sort_values("path").reset_index(drop=True)
         elif name == "metrics.json":
             m = json.loads(storage.read_text(uri))
-            got[name] = {k: v for k, v in m.items() if k not in ("seconds", "first_shard_seconds", "actors_ready_seconds",
-                                                                 "resumed_shards", "resumed_images")}
+            timing = ("seconds", "first_shard_seconds", "actors_ready_seconds", "resumed_shards", "resumed_images")
+            got[name] = {k: v for k, v in m.items() if k not in timing}
         else:
             got[name] = storage.read_bytes(uri)
     return got
@@ -257,3 +257,40 @@ def test_a_run_cut_after_its_parts_moved_then_rerun_on_a_changed_listing_publish
     got = _outputs(out)
     assert len(got["predictions"]) == m["n_images"] == tally.n_images + 1
     assert added in set(got["predictions"]["path"])
+
+
+def test_an_actor_reads_ahead_a_bounded_number_of_files_whatever_the_shard(model_and_images, tmp_path, monkeypatch):
+    """Reads run ahead of decoding, but an actor never holds a whole shard's bytes (512 large files
+    would be gigabytes): at most read_ahead(batch) files are read and not yet decoded."""
+    from raycat import scoring
+    from raycat.core import decode
+
+    model, images = model_and_images
+    paths = sorted(storage.list_files(images)) * 3  # 360 files in one shard
+    row = listing.shard_row("0-0", paths, [0] * len(paths), [])
+    scorer = Scorer(spec_for(model, str(tmp_path / "run")))
+    reads, decoded, ahead = [0], [0], []
+    real_read, real_decode = scorer._read, decode.decode_batch
+
+    def counting_read(path):
+        reads[0] += 1
+        return real_read(path)
+
+    def counting_decode(blobs, *a, **k):
+        ahead.append(reads[0] - decoded[0])  # files read and not yet decoded when this batch decodes
+        decoded[0] += len(blobs)
+        return real_decode(blobs, *a, **k)
+
+    monkeypatch.setattr(scorer, "_read", counting_read)
+    monkeypatch.setattr(decode, "decode_batch", counting_decode)
+    scorer.score_shard(row)
+    assert reads[0] == len(paths)
+    assert max(ahead) <= scoring.read_ahead(16), max(ahead)
+
+
+def test_an_actor_reserves_the_memory_it_holds():
+    """Its base, the files it reads ahead and a batch through the body: more for larger images."""
+    from raycat.scoring import BASE_BYTES, FILE_BYTES, actor_memory, read_ahead
+
+    assert actor_memory(64, 224, 0) > actor_memory(64, 32, 0) > BASE_BYTES + read_ahead(64) * FILE_BYTES
+    assert actor_memory(64, 224, 4) > actor_memory(64, 224, 0)

@@ -66,8 +66,8 @@ def test_from_scratch_skips_the_frozen_stages_and_uses_one_rate():
     assert plan(recipe(weights="none", precompute_epochs=None, head_cycles=2))[1:3] == [("head", 0), ("head", 1)]
     pre = recipe(weights="imagenet", precompute_epochs=None, head_cycles=None, lr_mult=None,
                  unfrozen_cycles=None, bn_freeze=None).resolved()
-    assert (pre.precompute_epochs, pre.head_cycles, pre.unfrozen_cycles, pre.lr_mult, pre.bn_freeze) == \
-        (1, 1, 2, 3.0, True)
+    assert (pre.precompute_epochs, pre.head_cycles, pre.unfrozen_cycles, pre.lr_mult, pre.bn_freeze,
+            pre.until_overfit) == (1, 1, 4, 3.0, True, True)
     scratch = recipe(weights="none", unfrozen_cycles=None, bn_freeze=None).resolved()
     assert (scratch.unfrozen_cycles, scratch.bn_freeze) == (3, False)
     model, data = setup()
@@ -215,3 +215,54 @@ def test_a_resumed_run_keeps_the_dtype_it_started_in_and_says_so():
                 precision="bf16")
     assert again.precision == "fp32"
     assert "precision: fp32, as the run started (this cpu would have taken bf16)" in said
+
+
+def test_an_unfrozen_cycle_that_does_not_lower_the_valid_loss_ends_the_stage():
+    """Until over-fitting: the cycles (a cap of 3: 1+2+4 epochs) go on only while each lowers the
+    best valid loss. At a rate that can't move the model, the first unfrozen cycle lowers nothing
+    below the head's best, and the stage ends there; --no-until-overfit runs every cycle."""
+    r = recipe(lr=1e-9, unfrozen_cycles=3)
+    model, data = setup()
+    said = []
+    state = run(r, model, data, LocalComm(), torch.device("cpu"), None, log=said.append)
+    unfrozen = [h for h in state.history if h["stage"] == "unfrozen"]
+    assert len(unfrozen) == 1 and state.stopped_early
+    assert any("unfrozen cycle 1 (epochs 1-1) did not lower the valid loss" in line for line in said), said
+    model, data = setup()
+    every = go(recipe(lr=1e-9, unfrozen_cycles=3, until_overfit=False), model, data)
+    assert len([h for h in every.history if h["stage"] == "unfrozen"]) == 7
+
+
+def test_a_stage_still_improving_is_not_cut_short():
+    """A cycle that lowered the best valid loss is followed by the next, up to the cap."""
+    from raycat.core.recipe import cycle_bounds
+
+    r = recipe(lr=0.01, unfrozen_cycles=3, precompute_epochs=0, head_cycles=0)
+    model, data = setup()
+    state = go(r, model, data)
+    losses = [h["valid_loss"] for h in state.history if h["stage"] == "unfrozen"]
+    best_before = float("inf")
+    for k, (first, last) in enumerate(cycle_bounds(1, 2, 3)):
+        if last >= len(losses):
+            break
+        lowered = min(losses[first:last + 1]) < best_before
+        best_before = min(best_before, *losses[first:last + 1])
+        if lowered and k < 2:
+            assert len(losses) > last + 1, (k, losses)  # the next cycle ran
+        if not lowered:
+            assert len(losses) == last + 1, (k, losses)  # and none after it
+    assert cycle_bounds(1, 2, 3) == [(0, 0), (1, 2), (3, 6)]
+
+
+def test_the_unfrozen_stage_starts_at_the_head_s_rate_where_an_epoch_is_too_short_to_sweep():
+    """An epoch of 3 steps gives too few points for a curve: no sweep through the whole body (it
+    would cost 50 steps, over 16 epochs' worth); the unfrozen stage starts at the head's rate."""
+    r = recipe(lr=None, unfrozen_cycles=1)
+    model, data = setup()
+    said = []
+    state = run(r, model, data, LocalComm(), torch.device("cpu"), None, log=said.append)
+    assert "lr_find_unfrozen" not in state.lr_finds
+    assert state.unfrozen_lr == state.base_lr == state.lr_finds["lr_find"]["suggestion"]
+    first = next(s for s in state.steps if s["stage"] == "unfrozen")
+    assert first["lr_head"] == pytest.approx(state.base_lr)
+    assert any("lr_find_unfrozen: not run (an epoch is 3 steps" in line for line in said), said

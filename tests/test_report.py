@@ -228,3 +228,39 @@ def test_numbers_are_formatted_for_reading():
 def test_write_puts_report_html_in_out(tmp_path):
     report.write(str(tmp_path / "out"), "<!doctype html><p>é</p>")
     assert (tmp_path / "out" / "report.html").read_text(encoding="utf-8") == "<!doctype html><p>é</p>"
+
+
+def _row(epoch):
+    return {"stage": "unfrozen", "epoch": epoch, "lr": 0.01, "train_loss": 0.5, "valid_loss": 0.4, "accuracy": 0.9,
+            "seconds": 1.0, "valid_seconds": 0.1}
+
+
+def test_the_live_page_of_a_run_into_a_fresh_out_is_report_html_and_shows_each_kept_epoch(tmp_path):
+    from raycat.config import TrainConfig
+    from raycat.train_job import LiveReport
+
+    cfg = TrainConfig(data=str(tmp_path / "d"), out=str(tmp_path / "out"), command="raycat train d --out out")
+    live = LiveReport(cfg, "no weights", ["a", "b"], {"n_train": 4, "n_valid": 2, "n_skipped": 0})
+    live.epoch(_row(1), 0)
+    live.epoch(_row(2), 1)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "raycat train d --out out" in page and page.count("unfrozen") >= 2
+    assert not (tmp_path / "out" / "report.live.html").exists()
+
+
+def test_a_run_into_an_out_holding_a_finished_run_leaves_that_run_whole(tmp_path, capsys):
+    """An OUT with metrics.json holds one whole run: a rerun that fails part-way must not leave
+    the earlier run's files beside a page of its own. The live page goes to report.live.html."""
+    from raycat.config import TrainConfig
+    from raycat.train_job import LiveReport
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    (out / "report.html").write_text("the earlier run's page")
+    cfg = TrainConfig(data=str(tmp_path / "d"), out=str(out), command="raycat train d --out out")
+    live = LiveReport(cfg, "no weights", ["a", "b"], {"n_train": 4, "n_valid": 2, "n_skipped": 0})
+    live.epoch(_row(1), 0)
+    assert (out / "report.html").read_text() == "the earlier run's page"
+    assert "raycat train d --out out" in (out / "report.live.html").read_text()
+    assert "report.live.html" in capsys.readouterr().out

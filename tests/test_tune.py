@@ -123,6 +123,10 @@ def test_sweep_resumes_after_the_driver_dies_and_asha_stops_the_bad_lr(ray_local
             assert not os.path.exists(out / "trials" / t["trial_id"] / "lr_find.csv")
             m = json.load(open(out / "trials" / t["trial_id"] / "metrics.json"))
             assert (m["n_train"], m["n_valid"]) == (30, 12)  # the labels file's split
+            # The report shows the sweep's command, passed in as a value: never the trial process's
+            # own argv (Ray's worker arguments, a Redis password among them on some clusters).
+            page = (out / "trials" / t["trial_id"] / "report.html").read_text()
+            assert "raycat tune " in page and "--node-ip-address" not in page and "--gcs-address" not in page
     assert (out / "model" / "weights.pt").exists() and (out / "trials.png").exists()
     best = str(out / "best_recipe.json")
     recipe = json.load(open(best))
@@ -182,3 +186,20 @@ def test_labels_and_valid_pct_reach_every_command_s_layout(tmp_path, command, ca
     assert main([command, str(tmp_path), "--labels", str(tmp_path / "plain.csv"), *out]) == 2
     assert "add --valid-pct" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+def test_weights_out_of_reach_exit_2_before_any_trial(tmp_path, monkeypatch, capsys):
+    """Offline, `--weights imagenet` for a body whose weights no package holds is refused before
+    Ray starts, as train refuses it; it used to fail every trial after cluster time."""
+    import ray
+
+    from raycat import weights
+
+    monkeypatch.setattr(weights, "_from_library", lambda arch, family: None)  # offline, nothing cached
+    data = make_shapes_dataset(str(tmp_path / "d"), classes=("circle", "square"), n_train=4, n_valid=2, seed=0)
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"arch": {"grid": ["tf_efficientnet_lite0", "resnet50d"]}}))
+    rc = main(["tune", data, "--out", str(tmp_path / "o"), "--samples", "1", "--space", str(space)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--weights imagenet: no ImageNet weights for resnet50d" in err, err
+    assert not ray.is_initialized()

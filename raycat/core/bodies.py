@@ -87,9 +87,15 @@ def _close(arch: str) -> str:
 class ResNetBody(nn.Sequential):
     """torchvision ResNet without its pooling and classifier: conv1, bn1, relu, maxpool, layer1..N."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, fresh_stem: bool = False):
         super().__init__(OrderedDict((n, m) for n, m in net.named_children() if n not in ("avgpool", "fc")))
         self.n_features = net.fc.in_features
+        self.fresh_stem = fresh_stem
+
+    def fresh_norms(self) -> list[nn.Module]:
+        """BatchNorms that follow a freshly initialised layer (a small stem's conv): their ImageNet
+        statistics describe another layer's outputs, so they learn their own whatever bn_freeze says."""
+        return [self.bn1] if self.fresh_stem else []
 
     def from_plain(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A plain torchvision ResNet state dict's body tensors (its fc is a classifier's)."""
@@ -114,7 +120,7 @@ def _resnet(arch: str, stem: str) -> ResNetBody:
         net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
         if stem == "small":
             net.maxpool = nn.Identity()
-    return ResNetBody(net)
+    return ResNetBody(net, fresh_stem=stem != "imagenet")
 
 
 # ---- timm's zoo --------------------------------------------------------------------------------

@@ -124,8 +124,15 @@ class Loop:
         return self.comm.wrap(self.model, self.device, f"frozen{stage.frozen}")
 
     def _bn_target(self, stage: Stage) -> nn.Module:
-        """The smallest part of the model that holds every BatchNorm the stage trains."""
-        return self.model.head if stage.frozen >= N_GROUPS - 1 else self.model
+        """The smallest part of the model that holds every BatchNorm the stage trains (called
+        after _net has set the train mode): the head when the body is frozen, or when bn_freeze
+        keeps every BatchNorm of the body; then the statistics are re-taken from the head's own
+        inputs, with no second pass through the body, and only the head's are pooled."""
+        if stage.frozen >= N_GROUPS - 1:
+            return self.model.head
+        body_trains = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                          for m in self.model.body.modules())
+        return self.model if body_trains else self.model.head
 
     def _batches(self, stage: Stage) -> Iterator[Batch]:
         """One epoch of (input, label) batches for the stage: activations, or augmented images."""
@@ -262,11 +269,15 @@ class Loop:
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Probabilities and labels of the whole valid set (every worker's part), on every worker.
 
-        On activations the head scores them as they are; on images, through `views` (default: the
-        plain view alone)."""
+        On activations the head scores them as they are (a frozen stage on images too, once they
+        are cached); on images, through `views` (default: the plain view alone)."""
         self.model.eval()
         k = self.model.n_classes
-        if stage.on_features:
+        # A frozen body's activations of the plain valid images are what precompute cached: a frozen
+        # stage on images (the head with augmentation) scores them again at no cost (the body, its
+        # BatchNorm statistics too, has not moved since they were taken).
+        cached = self._features is not None and stage.frozen >= N_GROUPS - 1 and views is None
+        if stage.on_features or cached:
             _, _, vf, vy = self.features()
             batches = ((vf[i:i + self.bs], vy[i:i + self.bs]) for i in range(0, len(vf), self.bs))
             probs, labels = evaluate(lambda f: self._forward(self.model.head, f), batches, [lambda f: f], k)

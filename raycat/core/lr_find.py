@@ -25,6 +25,10 @@ MAX_STEPS = 100
 MIN_STEPS = 50  # a curve needs some points: short epochs are cycled to reach this many
 START_LR, END_LR = 1e-7, 10.0
 DIVERGE_FACTOR = 4.0
+# ...and by more than this much (nats): on a model whose loss is already near zero (a fine-tuned
+# head at 0.03), one hard batch is 4x the best, and read as divergence it ended an unfrozen sweep
+# at 2e-4, whose minimum rule then gave the floor rate. A real divergence climbs past log(classes).
+DIVERGE_MARGIN = 0.25
 EMA_BETA = 0.98
 # The first points of a sweep are left out of every suggestion (fast.ai v1's skip_start), and of the
 # divergence check: the EMA rests on one or two batches there, so one easy batch reads as the
@@ -55,7 +59,28 @@ def ema_smooth(losses: list[float], beta: float = EMA_BETA) -> list[float]:
 
 
 def diverged(smoothed: float, best: float) -> bool:
-    return math.isnan(smoothed) or math.isinf(smoothed) or smoothed > DIVERGE_FACTOR * best
+    return (math.isnan(smoothed) or math.isinf(smoothed)
+            or (smoothed > DIVERGE_FACTOR * best and smoothed - best > DIVERGE_MARGIN))
+
+
+def can_read_a_curve(steps_per_epoch: int) -> bool:
+    """Whether a sweep through the whole body may run: it costs at most one epoch (a step of the
+    sweep is a training step), and an epoch shorter than MIN_STEPS gives too few points over the
+    sweep's eight decades to read a curve from."""
+    return steps_per_epoch >= MIN_STEPS
+
+
+def has_descent(smoothed: list[float]) -> bool:
+    """Whether a sweep's smoothed loss falls, past its first points, at least FLAT below its plateau
+    (the median of the points before its lowest): a curve a rate can be read from. A model that is
+    already good (a fine-tuned head, before unfreezing) has none: flat, then up."""
+    skip = min(SKIP_START, len(smoothed) // 4)
+    ys = [v for v in smoothed[skip:] if math.isfinite(v)]
+    if len(ys) < 3:
+        return False
+    lowest = min(range(len(ys)), key=ys.__getitem__)
+    plateau = sorted(ys[: lowest + 1])[lowest // 2]
+    return plateau > 0 and (plateau - ys[lowest]) / plateau >= FLAT
 
 
 def suggest_valley(lrs: list[float], losses: list[float]) -> float:

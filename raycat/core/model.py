@@ -148,9 +148,13 @@ def set_train_mode(model: Classifier, bn_freeze: bool = False) -> None:
     """model.train(), but a BatchNorm whose parameters are all frozen stays in eval mode: its
     statistics don't move while its group is frozen (whichever body, however it is cut). With
     `bn_freeze` (the 2017 course's `learn.bn_freeze(True)`) every BatchNorm of the body keeps its
-    statistics, frozen or not; their scales and shifts still train."""
+    statistics, frozen or not; their scales and shifts still train. A BatchNorm right after a
+    freshly initialised layer (bodies' `fresh_norms`) is not kept: ImageNet's statistics of
+    another layer would normalise its inputs for the whole run."""
     model.train()
     kept = {id(m) for m in model.body.modules()} if bn_freeze else set()
+    # (a BatchNorm after a fresh layer, such as a small stem's conv, learns its statistics anyway)
+    kept -= {id(m) for m in getattr(model.body, "fresh_norms", list)()}
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             own = list(m.parameters(recurse=False))

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 
 from raycat.config import Recipe
-from raycat.core import metrics
+from raycat.core import lr_find, metrics
 from raycat.core.augment import AugmentSpec
 from raycat.core.data import RecipeData
 from raycat.core.loop import HEAD, PRECOMPUTE, UNFROZEN, Loop, Optim, Stage
@@ -59,6 +59,7 @@ class RecipeState:
     stage_last: float = math.inf  # the unfrozen stage's latest valid loss, for early stopping
     bad_epochs: int = 0
     stopped_early: bool = False
+    cycle_best_before: float = math.inf  # the best valid loss when the unfrozen stage's current cycle began
     model_state: dict | None = None
     seconds: float = 0.0  # in the recipe's units, validation included
     valid_seconds: float = 0.0
@@ -168,12 +169,26 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
             state.base_lr = r.lr or found["suggestion"]
             state.unfrozen_lr = state.base_lr
         elif unit == "lr_find_unfrozen":
-            found = _lr_find(loop, r, UNFROZEN, "lr_find_unfrozen", say)
-            state.spent("lr_find", time.time() - t0)
-            state.lr_finds["lr_find_unfrozen"] = found
-            # The second sweep sees the whole network (and the differential rates), so its
-            # suggestion, not the head's rate, sets the unfrozen stage's rate.
-            state.unfrozen_lr = r.lr or found["suggestion"]
+            # The lesson's unfrozen stage starts at the head's rate, spread over the layer groups
+            # ([lr/m^2, lr/m, lr]); the second sweep, which sees the whole network, replaces it only
+            # where it can be read: an epoch of steps enough for a curve (it costs at most one), and
+            # a curve that falls (a model already good gives flat, then up: noise to read).
+            state.unfrozen_lr = r.lr or state.base_lr
+            spe = loop.data.steps_per_epoch
+            if not lr_find.can_read_a_curve(spe):
+                say(f"lr_find_unfrozen: not run (an epoch is {spe} steps, too few points for a curve); the "
+                    f"unfrozen stage starts at the head's rate {state.unfrozen_lr:.2e}")
+            else:
+                found = _lr_find(loop, r, UNFROZEN, "lr_find_unfrozen", say)
+                state.spent("lr_find", time.time() - t0)
+                found["used"] = lr_find.has_descent(found["smoothed_loss"])
+                state.lr_finds["lr_find_unfrozen"] = found
+                if found["used"]:
+                    state.unfrozen_lr = r.lr or found["suggestion"]
+                else:
+                    found["on"] += "; no descent to read: the head's rate was used"
+                    say(f"lr_find_unfrozen: no descent to read (the model is already good); the unfrozen stage "
+                        f"starts at the head's rate {state.unfrozen_lr:.2e}")
         elif unit == "unfrozen" and state.stopped_early:
             if i < len(units) - 1:
                 continue  # nothing ran: no new state to save
@@ -198,8 +213,22 @@ def _lr_find(loop: Loop, r: Recipe, stage: Stage, name: str, say: Callable[[str]
     return found
 
 
+def cycle_bounds(cycle_len: int, cycle_mult: int, n_cycle: int) -> list[tuple[int, int]]:
+    """(first, last) epoch (0-based, in the stage) of each SGDR cycle."""
+    bounds, start = [], 0
+    for k in range(n_cycle):
+        length = cycle_len * cycle_mult**k
+        bounds.append((start, start + length - 1))
+        start += length
+    return bounds
+
+
 def _epoch(loop: Loop, r: Recipe, state: RecipeState, stage: Stage, epoch: int, say: Callable[[str], None]) -> None:
     spe = loop.data.steps_per_epoch
+    cycles = cycle_bounds(r.cycle_len, r.cycle_mult, r.unfrozen_cycles) \
+        if stage is UNFROZEN and r.until_overfit and r.schedule == "sgdr" else []
+    if any(first == epoch for first, _ in cycles):
+        state.cycle_best_before = state.best_valid_loss  # what this cycle has to beat
     if stage is UNFROZEN:
         lr = state.unfrozen_lr
         head_lr = lambda step: stage_lr(r.schedule, lr, step, spe, r.cycle_len, r.cycle_mult, r.unfrozen_cycles)
@@ -248,6 +277,14 @@ def _epoch(loop: Loop, r: Recipe, state: RecipeState, stage: Stage, epoch: int, 
                 state.stopped_early = True
                 say(f"valid loss has risen for {state.bad_epochs} epochs: stopping; keeping the best epoch "
                     f"({state.best_epoch}, valid loss {state.best_valid_loss:.4f})")
+        # Until over-fitting: a cycle that ends without lowering the best valid loss ends the stage
+        # (the next, twice as long, would be spent on a model that has stopped improving).
+        k = next((i for i, (_, last) in enumerate(cycles) if last == epoch), None)
+        if not state.stopped_early and k is not None and k < len(cycles) - 1 \
+                and not state.best_valid_loss < state.cycle_best_before:
+            state.stopped_early = True
+            say(f"unfrozen cycle {k + 1} (epochs {cycles[k][0] + 1}-{epoch + 1}) did not lower the valid loss "
+                f"({state.cycle_best_before:.4f} before it): stopping; keeping the best epoch ({state.best_epoch})")
 
 
 def rising_epochs(rising: int, last_loss: float, loss: float) -> int:
