@@ -79,7 +79,8 @@ class ScorerPool:
         rows = iter(shards)
         again: deque = deque()  # shards whose actor died, to send first
         tries: dict[str, int] = {}
-        running: dict = {}  # ObjectRef -> (actor index, row)
+        running: dict = {}  # ObjectRef -> (actor index, row, the order it was sent in)
+        sent = 0
         load = {i: 0 for i in range(len(self.actors))}
         listed_all = False
         idle_since, said_at = time.monotonic(), None
@@ -98,7 +99,9 @@ class ScorerPool:
                 else:
                     break
                 i = min(free, key=lambda k: load[k])
-                running[self.actors[i].score_shard.remote(row)] = (i, row)
+                ref = self.actors[i].score_shard.remote(row)
+                running[ref] = (i, row, sent)
+                sent += 1
                 load[i] += 1
             if listed_all and not again and not running:
                 return
@@ -129,22 +132,34 @@ class ScorerPool:
                     self.up.add(i)  # (a failed ready() is not ready: it never gets here)
                     self.ready_at = self.ready_at or time.time()
                     continue
-                i, row = running.pop(ref)
+                if ref not in running:  # a call of an actor already handled as lost
+                    continue
+                i, row, seq = running.pop(ref)
                 load[i] -= 1
                 try:
                     summary = ray.get(ref)
-                except RayActorError:
-                    # Its actor died with the shard in hand: the shard goes to whoever is up, and
-                    # the actor gets work again once Ray has restarted it and it answers.
-                    self.lost_calls += 1
-                    shard = row["shard"]
-                    tries[shard] = tries.get(shard, 0) + 1
-                    if tries[shard] >= MAX_SHARD_TRIES:
-                        first = (shard_of(row)[1] or ["?"])[0]
+                except RayActorError as e:
+                    # Its actor died (or was unreachable): every shard it held goes back to the front
+                    # of the queue in the order it was sent (its calls run one at a time, so the first
+                    # was the one in hand), to whoever is up; the actor gets work again once Ray has
+                    # restarted it and it answers. Only the shard in hand at a death counts against
+                    # it: the ones queued behind it never started.
+                    held = sorted([(seq, r) for ref2, (j, r, seq) in running.items() if j == i]
+                                  + [(seq, row)], key=lambda x: x[0])
+                    for ref2 in [r2 for r2, (j, _, _) in running.items() if j == i]:
+                        del running[ref2]
+                    load[i] = 0
+                    self.lost_calls += len(held)
+                    first_row = held[0][1]
+                    shard = first_row["shard"]
+                    if not isinstance(e, ActorUnavailableError):
+                        tries[shard] = tries.get(shard, 0) + 1
+                    if tries.get(shard, 0) >= MAX_SHARD_TRIES:
+                        first = (shard_of(first_row)[1] or ["?"])[0]
                         raise ScoringFailed(f"shard {shard} (from {first}): its scoring actor died {tries[shard]} "
                                             "times while scoring it; a file in it may kill whoever reads it "
                                             "(memory?)") from None
-                    again.append(row)
+                    again.extendleft(r for _, r in reversed(held))
                     if i in self.up:
                         self._probe(i)
                     continue

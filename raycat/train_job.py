@@ -285,6 +285,9 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict, lr_fin
                            "on": found.get("on", "the model")} for name, found in state.lr_finds.items()}
         if "lr_find" not in state.lr_finds and lr_find_note:
             outputs.write_lr_find_not_run(out, "lr_find", f"--lr {r.lr:g} was given (--lr-find sweeps anyway)")
+        for name, why in state.sweeps_not_run.items():  # a sweep the plan had and the run left out, saying why
+            if lr_find_note:
+                outputs.write_lr_find_not_run(out, name, why)
         images["confusion_matrix"] = outputs.write_confusion(out, f["confusion_matrix"], fitted.classes,
                                                              "confusion matrix (valid set, best epoch)")
         outputs.write_skipped(out, fitted.result.skipped)
@@ -301,7 +304,8 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict, lr_fin
 
     # (an earlier run's curves, where this run drew none)
     stale = [f"{name}.{ext}" for name in ("lr_find", "lr_find_unfrozen") for ext in ("csv", "png")
-             if name not in state.lr_finds and not (name == "lr_find" and lr_find_note)]
+             if name not in state.lr_finds and not (name == "lr_find" and lr_find_note)
+             and not (name in state.sweeps_not_run and lr_find_note)]
     # an earlier run's grids (even where this run writes none), its page; this run's live page
     stale += [*grids.FILES, "report.html", "report.live.html"]
     metrics = {
@@ -314,6 +318,8 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict, lr_fin
         "best_epoch": f["best_epoch"],
         "seconds": round(state.seconds, 2),
         "valid_seconds": round(state.valid_seconds, 2),
+        # where the units' time went (the report's "Where the time went"): lr_find, epochs, validation, TTA
+        "seconds_by_part": {k: round(v, 2) for k, v in state.timing.items()},
         # fixed costs: Ray's start (or join), then the rest of the way to the first optimizer step
         "ray_start_seconds": round(fitted.ray_up_at - fitted.started_at, 2),
         # (a resumed run took its first step in an earlier command: no figure)

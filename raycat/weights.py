@@ -134,7 +134,9 @@ def reachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+        # A fresh opener: its ProxyHandler reads the environment now (urlopen's global opener keeps
+        # whatever proxies were set when the process first used it).
+        with urllib.request.build_opener().open(urllib.request.Request(url, method="HEAD"), timeout=timeout):
             return True
     except urllib.error.HTTPError:
         return True  # it answered

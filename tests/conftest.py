@@ -177,6 +177,7 @@ def trained_run(ray_local, tmp_path_factory):
     rc = main(["train", data, "--out", out, "--arch", "resnet18", "--weights", "none", "--size", "64",
                "--batch-size", "8", "--workers", "2", "--precompute-epochs", "1", "--head-cycles", "1",
                "--unfrozen-cycles", "2", "--cycle-mult", "2", "--lr-mult", "3", "--patience", "10", "--tta", "2",
+               "--no-until-overfit",  # the tests read every epoch of the schedule (test_recipe: the rule)
                "--top", "6", "--precision", "fp32"])  # fp32: the tests rescore its model eagerly and compare closely
     assert rc == 0
     return {"data": data, "out": out}

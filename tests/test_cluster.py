@@ -189,7 +189,8 @@ def elastic_data(tmp_path):
 # write to the S3 server each epoch, and it learns these shapes as well. flip_shift: side_on's
 # rotations and zooms at 32 px left the kept epoch anywhere between 0.83 and 0.98.
 RUN = ["--cpus-per-worker", "2", "--arch", "resnet10t", "--weights", "none", "--size", "32", "--batch-size", "8",
-       "--lr", "0.02", "--aug", "flip_shift", "--patience", "99", "--tta", "0", "--cache", "memory"]
+       "--lr", "0.02", "--aug", "flip_shift", "--patience", "99", "--tta", "0", "--cache", "memory",
+       "--no-until-overfit"]  # every epoch of the schedule, whatever the valid loss does
 # Six one-epoch SGDR cycles. Every step is decided before the job starts, whatever the speed of an
 # epoch: the two-worker group holds after epoch LOSS_EPOCH's checkpoint and the node is lost there;
 # the one-worker group trains on from that checkpoint and holds after epoch HOLD_EPOCH's until the

@@ -156,7 +156,7 @@ def test_stream_mode_reads_every_epoch_from_storage_and_trains_the_same_epochs(t
     spoiler = threading.Thread(target=spoil_after_the_first_unit, daemon=True)
     spoiler.start()
     assert main(["train", data, "--out", out, "--arch", "resnet18", "--weights", "none", "--size", "32",
-                 "--workers", "1", "--unfrozen-cycles", "3", "--cycle-mult", "1",
+                 "--workers", "1", "--unfrozen-cycles", "3", "--cycle-mult", "1", "--no-until-overfit",
                  "--patience", "10", "--tta", "0", "--cache", "stream", "--lr", "0.01"]) == 0
     spoiler.join()
     m = json.load(open(os.path.join(out, "metrics.json")))

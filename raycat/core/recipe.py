@@ -65,6 +65,7 @@ class RecipeState:
     valid_seconds: float = 0.0
     first_step_at: float | None = None  # wall-clock time (time.time()) of the first optimizer step
     notes: list[str] = field(default_factory=list)  # what the guard saw, for metrics.json
+    sweeps_not_run: dict[str, str] = field(default_factory=dict)  # a planned sweep left out -> why
     final: dict = field(default_factory=dict)
     started_from: str = "the latest checkpoint"  # where a run given this state says it resumes from
     precision: str | None = None  # the dtype the run trains in (fp32 | bf16), fixed at its start
@@ -169,15 +170,18 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
             state.base_lr = r.lr or found["suggestion"]
             state.unfrozen_lr = state.base_lr
         elif unit == "lr_find_unfrozen":
-            # The lesson's unfrozen stage starts at the head's rate, spread over the layer groups
-            # ([lr/m^2, lr/m, lr]); the second sweep, which sees the whole network, replaces it only
+            # The lesson's unfrozen stage starts from the head's rate, halved as fastai 2's fine_tune
+            # does (a restart at the full rate blew up a fine-tune on a few images), spread over the
+            # layer groups ([lr/m^2, lr/m, lr]); the second sweep, which sees the whole network, replaces it only
             # where it can be read: an epoch of steps enough for a curve (it costs at most one), and
             # a curve that falls (a model already good gives flat, then up: noise to read).
-            state.unfrozen_lr = r.lr or state.base_lr
+            state.unfrozen_lr = r.lr or state.base_lr / 2
             spe = loop.data.steps_per_epoch
             if not lr_find.can_read_a_curve(spe):
-                say(f"lr_find_unfrozen: not run (an epoch is {spe} steps, too few points for a curve); the "
-                    f"unfrozen stage starts at the head's rate {state.unfrozen_lr:.2e}")
+                why = f"an epoch is {spe} steps, too few points for a curve"
+                state.sweeps_not_run["lr_find_unfrozen"] = f"{why}; the unfrozen stage starts at half the head's rate"
+                say(f"lr_find_unfrozen: not run ({why}); the unfrozen stage starts at half the head's rate, "
+                    f"{state.unfrozen_lr:.2e}")
             else:
                 found = _lr_find(loop, r, UNFROZEN, "lr_find_unfrozen", say)
                 state.spent("lr_find", time.time() - t0)
@@ -186,9 +190,9 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
                 if found["used"]:
                     state.unfrozen_lr = r.lr or found["suggestion"]
                 else:
-                    found["on"] += "; no descent to read: the head's rate was used"
+                    found["on"] += "; no descent to read: half the head's rate was used"
                     say(f"lr_find_unfrozen: no descent to read (the model is already good); the unfrozen stage "
-                        f"starts at the head's rate {state.unfrozen_lr:.2e}")
+                        f"starts at half the head's rate, {state.unfrozen_lr:.2e}")
         elif unit == "unfrozen" and state.stopped_early:
             if i < len(units) - 1:
                 continue  # nothing ran: no new state to save
