@@ -8,7 +8,9 @@ for that marker (an event), never for a printed line read by polling, which a fa
 
 - `RAYCAT_TESTING_HOLD_FILE=PATH`: the hold. While PATH exists, a process that reaches a hold
   point waits there; on arriving it writes `PATH.held-<pid>` (JSON: where, the count, the group's
-  size, the node). Removing PATH lets every held process go on.
+  size, the node). Removing PATH lets every held process go on. The file may name its own points,
+  one kind a line (`epoch=2,3`, `shard=5`): a kind it names holds at those counts instead of the
+  variable's, so each test picks its points in the file it makes.
 - `RAYCAT_TESTING_HOLD_AT_EPOCH=N[,N...]`: a Train worker holds after reporting the checkpoint
   that holds the run's first N epochs (all ranks hold; rank 0 writes the marker).
 - `RAYCAT_TESTING_HOLD_AT_SHARD=N[,N...]`: a scoring actor process holds before scoring its
@@ -30,12 +32,28 @@ def _counts(var: str) -> set[int]:
     return {int(v) for v in os.environ.get(var, "").split(",") if v.strip().isdigit()}
 
 
+KINDS = {HOLD_AT_EPOCH: "epoch", HOLD_AT_SHARD: "shard"}
+
+
+def _points(path: str, var: str) -> set[int]:
+    """The counts to hold at: the hold file's line for this kind, else the variable's."""
+    try:
+        with open(path) as f:
+            for line in f:
+                kind, _, values = line.strip().partition("=")
+                if kind == KINDS[var]:
+                    return {int(v) for v in values.split(",") if v.strip().isdigit()}
+    except OSError:
+        return set()
+    return _counts(var)
+
+
 def hold(where: str, var: str, count: int, marker: dict | None = None) -> bool:
-    """Waits while the hold file exists, if this is a point `var` names (count among its values).
-    `marker`: what to write in the marker file (None: write none, another rank of the same group
-    does). True when it held."""
+    """Waits while the hold file exists, if this is a point it (or `var`) names (count among its
+    values). `marker`: what to write in the marker file (None: write none, another rank of the
+    same group does). True when it held."""
     path = os.environ.get(HOLD_FILE)
-    if not path or count not in _counts(var) or not os.path.exists(path):
+    if not path or not os.path.exists(path) or count not in _points(path, var):
         return False
     if marker is not None:
         tmp = f"{path}.held-{os.getpid()}.tmp"

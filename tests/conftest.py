@@ -122,8 +122,8 @@ class Hold:
     """A test's hold (raycat/faults.py): made on entering, so the job holds at the points the
     session named; `.wait(n)` the markers of n processes held; `.release()` lets them go on."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, points: str = ""):
+        self.path, self.points = path, points  # points: the file's own, e.g. "shard=5" (raycat/faults.py)
 
     def _clear(self) -> None:
         folder, name = os.path.split(self.path)
@@ -133,7 +133,8 @@ class Hold:
 
     def __enter__(self):
         self._clear()
-        open(self.path, "w").close()
+        with open(self.path, "w") as f:
+            f.write(self.points)
         return self
 
     def __exit__(self, *exc):
@@ -162,6 +163,14 @@ def hold(ray_local):
 
     with Hold(os.environ[faults.HOLD_FILE]) as h:
         yield h
+
+
+@pytest.fixture
+def hold_at(ray_local):
+    """hold_at("shard=5"): a hold at the points the test names (context manager)."""
+    from raycat import faults
+
+    return lambda points: Hold(os.environ[faults.HOLD_FILE], points)
 
 
 @pytest.fixture(scope="session")
