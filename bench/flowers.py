@@ -20,16 +20,14 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
-import tarfile
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
+from real_photos import git_folder  # noqa: E402
 from results import machine, write_section  # noqa: E402
 from time_to_accuracy import EPOCH_ROW, timed_run  # noqa: E402
 
@@ -41,13 +39,7 @@ def extract(repo: str, dest: str) -> str:
     """dest/{train,valid}/<class>/: a stratified split, N_TRAIN train photos in all, fixed by SPLIT_SEED."""
     if os.path.isdir(os.path.join(dest, "valid")):
         return dest
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(dest))
-    archive = os.path.join(tmp, "f.tar")
-    subprocess.run(["git", "--git-dir", repo, "archive", "-o", archive, "HEAD", "flowers"], check=True)
-    with tarfile.open(archive) as t:
-        t.extractall(tmp, filter="data")
-    src = os.path.join(tmp, "flowers")
+    tmp, src = git_folder(repo, "flowers", os.path.dirname(dest))
     classes = sorted(c for c in os.listdir(src) if os.path.isdir(os.path.join(src, c)))
     files = {c: sorted(f for f in os.listdir(os.path.join(src, c)) if f.lower().endswith((".jpg", ".jpeg", ".png")))
              for c in classes}

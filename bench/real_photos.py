@@ -36,17 +36,23 @@ from time_to_accuracy import FASTAI, FASTAI_INSTALL  # noqa: E402
 DEFAULT_REPO = "/work/.mirror/zhangtao7750+syn/repo"
 
 
+def git_folder(repo: str, folder: str, near: str) -> tuple[str, str]:
+    """(a temporary folder made in `near`, the path in it of `folder` from the git directory `repo`'s
+    HEAD): the caller moves what it keeps out, then removes the temporary folder."""
+    os.makedirs(near, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=near)
+    archive = os.path.join(tmp, "folder.tar")
+    subprocess.run(["git", "--git-dir", repo, "archive", "-o", archive, "HEAD", folder], check=True)
+    with tarfile.open(archive) as t:
+        t.extractall(tmp, filter="data")
+    return tmp, os.path.join(tmp, folder)
+
+
 def extract(repo: str, dest: str) -> str:
     """dest/train/{ants,bees}, dest/valid/{ants,bees} from the repository's hymenoptera_data/."""
     if os.path.isdir(os.path.join(dest, "valid")):
         return dest
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(dest))
-    archive = os.path.join(tmp, "h.tar")
-    subprocess.run(["git", "--git-dir", repo, "archive", "-o", archive, "HEAD", "hymenoptera_data"], check=True)
-    with tarfile.open(archive) as t:
-        t.extractall(tmp, filter="data")
-    src = os.path.join(tmp, "hymenoptera_data")
+    tmp, src = git_folder(repo, "hymenoptera_data", os.path.dirname(dest))
     os.rename(os.path.join(src, "val"), os.path.join(src, "valid"))
     os.rename(src, dest)
     shutil.rmtree(tmp)
