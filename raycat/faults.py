@@ -9,12 +9,14 @@ for that marker (an event), never for a printed line read by polling, which a fa
 - `RAYCAT_TESTING_HOLD_FILE=PATH`: the hold. While PATH exists, a process that reaches a hold
   point waits there; on arriving it writes `PATH.held-<pid>` (JSON: where, the count, the group's
   size, the node). Removing PATH lets every held process go on. The file may name its own points,
-  one kind a line (`epoch=2,3`, `shard=5`): a kind it names holds at those counts instead of the
-  variable's, so each test picks its points in the file it makes.
+  one kind a line (`epoch=2,3`, `shard=5`): then the job holds at those alone, not at the
+  variables', so each test picks its points in the file it makes.
 - `RAYCAT_TESTING_HOLD_AT_EPOCH=N[,N...]`: a Train worker holds after reporting the checkpoint
   that holds the run's first N epochs (all ranks hold; rank 0 writes the marker).
 - `RAYCAT_TESTING_HOLD_AT_SHARD=N[,N...]`: a scoring actor process holds before scoring its
   (N+1)th shard (a restarted actor is a new process: it counts from 0 again).
+- `RAYCAT_TESTING_HOLD_AT_TRIAL=N[,N...]`: a Tune trial holds before it trains, where it is the
+  sweep's (N+1)th trial (Tune numbers its trials in its ids: `..._00001` is the second).
 """
 
 from __future__ import annotations
@@ -26,26 +28,27 @@ import time
 HOLD_FILE = "RAYCAT_TESTING_HOLD_FILE"
 HOLD_AT_EPOCH = "RAYCAT_TESTING_HOLD_AT_EPOCH"
 HOLD_AT_SHARD = "RAYCAT_TESTING_HOLD_AT_SHARD"
+HOLD_AT_TRIAL = "RAYCAT_TESTING_HOLD_AT_TRIAL"
 
 
 def _counts(var: str) -> set[int]:
     return {int(v) for v in os.environ.get(var, "").split(",") if v.strip().isdigit()}
 
 
-KINDS = {HOLD_AT_EPOCH: "epoch", HOLD_AT_SHARD: "shard"}
+KINDS = {HOLD_AT_EPOCH: "epoch", HOLD_AT_SHARD: "shard", HOLD_AT_TRIAL: "trial"}
 
 
 def _points(path: str, var: str) -> set[int]:
-    """The counts to hold at: the hold file's line for this kind, else the variable's."""
+    """The counts to hold at: those the hold file names for this kind (a file that names any
+    points holds at those alone), else the variable's."""
     try:
         with open(path) as f:
-            for line in f:
-                kind, _, values = line.strip().partition("=")
-                if kind == KINDS[var]:
-                    return {int(v) for v in values.split(",") if v.strip().isdigit()}
+            named = dict(line.strip().partition("=")[::2] for line in f if "=" in line)
     except OSError:
         return set()
-    return _counts(var)
+    if not named:
+        return _counts(var)
+    return {int(v) for v in named.get(KINDS[var], "").split(",") if v.strip().isdigit()}
 
 
 def hold(where: str, var: str, count: int, marker: dict | None = None) -> bool:

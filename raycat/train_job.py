@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from raycat import grids, model_card, outputs, resume, storage
 from raycat.config import LrFindConfig, TrainConfig
+from raycat.core.loop import GATHER_FEATURES_BYTES
 from raycat.core.recipe import SWEEP_ALWAYS, SWEEP_ONLY, SWEEP_UNLESS_LR
 from raycat.errors import BadInput
 from raycat.layout import scan_layout
@@ -54,6 +55,14 @@ def cache_fits(mode: str, n_images: int, size: int, workers: int, memory_per_wor
 
 def cache_bytes(n_images: int, size: int, workers: int) -> int:
     return -(-n_images // workers) * 3 * size * size
+
+
+def activations_bytes(n_train: int, n_valid: int, dim: int, workers: int) -> int:
+    """The body's activations (float32) a worker holds while the frozen stages run: its shard's
+    train and valid ones, and everyone's train ones where they fit the gather limit (Loop.all_features)."""
+    everyone = n_train * dim * 4
+    own = -(-(n_train + n_valid) // workers) * dim * 4
+    return own + (everyone if everyone <= GATHER_FEATURES_BYTES else 0)
 
 
 def resize_interval_s() -> float:
@@ -134,15 +143,19 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
     # The cache is sized for the smallest group: its workers hold the largest shards.
     cache = cache_fits(res.cache, len(layout.train) + len(layout.valid), recipe.size, lo, memory)
     per_worker = {"CPU": cpus, **({"GPU": 1} if res.gpu else {})}
-    if cache:  # the decoded shard lives in the worker's heap: reserve it
-        per_worker["memory"] = cache_bytes(len(layout.train) + len(layout.valid), recipe.size, lo)
+    held = cache_bytes(len(layout.train) + len(layout.valid), recipe.size, lo) if cache else 0
+    if recipe.frozen_stages:  # precomputed activations live in the worker's heap too
+        held += activations_bytes(len(layout.train), len(layout.valid), model.head[0].num_features, lo)
+    if held:  # reserve what the worker's heap holds beyond its headroom
+        per_worker["memory"] = held
     if res.address is None and not os.environ.get("RAY_ADDRESS"):
         # Nothing joins a local instance: a group it can never hold would wait for ever.
         room = group_watch.workers_that_fit(ray_session.node_totals(), per_worker)
         if room < lo:
             raise InputError(f"--workers {res.workers}: this machine's Ray instance holds {room} worker(s) of "
                              f"{per_worker.get('CPU')} CPU{' + 1 GPU' if res.gpu else ''}"
-                             f"{' + the cache' if cache else ''}; lower --workers or --cpus-per-worker")
+                             f"{f' + {held / 2**30:.1f} GiB of memory' if held else ''}; "
+                             "lower --workers or --cpus-per-worker")
     print(f"raycat {name}: {len(layout.train)} train and {len(layout.valid)} valid files; "
           f"{f'{lo} to {hi} workers (elastic)' if res.workers.elastic else f'{hi} worker(s)'} "
           f"x {cpus} CPU{' + 1 GPU' if res.gpu else ''}; decoded images "

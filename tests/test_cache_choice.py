@@ -21,3 +21,15 @@ def test_auto_keeps_a_shard_that_fits_and_streams_one_that_does_not():
 def test_the_flag_forces_either_mode():
     assert cache_fits("memory", 1_000_000, 224, 1, 1)
     assert not cache_fits("stream", 10, 28, 1, 64 * GIB)
+
+
+def test_a_worker_reserves_its_activations_and_everyone_s_train_ones_below_the_gather_limit():
+    from raycat.core.loop import GATHER_FEATURES_BYTES
+    from raycat.train_job import activations_bytes
+
+    # 2,000 train and 2,317 valid photos, 1,280 features (Lite0), two workers: its half of all, plus
+    # every worker's train activations (gathered for the precompute stage).
+    assert activations_bytes(2000, 2317, 1280, 2) == 2159 * 1280 * 4 + 2000 * 1280 * 4
+    # Above the gather limit a worker keeps its own only.
+    n = GATHER_FEATURES_BYTES // (2048 * 4) + 1
+    assert activations_bytes(n, 0, 2048, 4) == -(-n // 4) * 2048 * 4

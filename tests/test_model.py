@@ -179,6 +179,32 @@ def test_imagenet_weights_come_offline_from_the_installed_lite0_package():
         assert torch.equal(model.eval().body(x), full.forward_features(x))
 
 
+@pytest.mark.parametrize("arch,size", [("tf_efficientnet_lite0", 224), ("tf_efficientnet_lite1", 240),
+                                       ("tf_efficientnet_lite2", 260)])
+def test_the_installed_lite_weights_name_the_imagenet_class_of_a_known_photo(arch, size):
+    """A check against the world, not against the mapping itself: the whole network, with the
+    package's file mapped by position as the run maps it, names ImageNet's class of two photos
+    (tests/data: a bee, class 309, and an ant, 310, from PyTorch's ants/bees set). A mapping that
+    put one tensor in the wrong place would name something else."""
+    import timm
+    from PIL import Image
+
+    from raycat import weights
+
+    state, where = weights._from_package(arch)
+    assert "installed package" in where
+    full = timm.create_model(arch, pretrained=False).eval()
+    full.load_state_dict(state)
+    model = create_model(arch, 2)  # the statistics raycat normalises this body's input with
+    mean, std = torch.tensor(model.mean).view(3, 1, 1), torch.tensor(model.std).view(3, 1, 1)
+    for photo, imagenet_class in (("bee.jpg", 309), ("ant.jpg", 310)):
+        image = Image.open(os.path.join(os.path.dirname(__file__), "data", photo)).convert("RGB").resize((size, size))
+        x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
+        with torch.no_grad():
+            probs = full((((x.float() / 255) - mean) / std)[None]).softmax(1)[0]
+        assert int(probs.argmax()) == imagenet_class and probs.max() > 0.5, (arch, photo, probs.topk(3))
+
+
 def test_imagenet_weights_out_of_reach_are_a_usage_error_saying_what_to_do(tmp_path, monkeypatch):
     # Offline and nothing cached: no package holds resnet18's (or convnext's) weights.
     from raycat import weights

@@ -20,12 +20,15 @@ def _images(rank):
     return x, y
 
 
-def _rank(rank, port, out):
+def _rank(rank, port, out, gather_limit=None):
     import torch.distributed as dist
 
+    import raycat.core.loop
     from raycat.core.comm import TorchComm
     from raycat.core.model import create_model
 
+    if gather_limit is not None:  # activations larger than a worker may hold of everyone's
+        raycat.core.loop.GATHER_FEATURES_BYTES = gather_limit
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     x, y = _images(rank)
     torch.manual_seed(0)  # the same starting model on both, as the driver hands it over
@@ -36,22 +39,30 @@ def _rank(rank, port, out):
                 AugmentSpec("side_on"), Optim(), 4, global_batch=8, bn_images=8)
     loop.reseed(123)
     loss = loop.train_epoch(PRECOMPUTE, lambda step: [0.0, 0.0, 0.05], 0, [])
-    feats, labels = loop.all_features()
+    everyone = loop.all_features()
+    feats, labels = everyone if everyone is not None else loop.features()[:2]
     out[rank] = {"head": {k: v.clone() for k, v in model.head.state_dict().items()},
                  "moved": any(not torch.equal(before[k], v) for k, v in model.head.state_dict().items()),
-                 "features": len(feats), "labels": labels.tolist(), "ddp": sorted(comm._wrapped), "loss": loss}
+                 "features": len(feats), "labels": labels.tolist(), "ddp": sorted(comm._wrapped), "loss": loss,
+                 "gathered": everyone is not None}
     dist.destroy_process_group()
 
 
-def test_workers_step_the_head_on_everyone_s_activations_without_ddp_and_end_with_one_head():
+def _spawn(fn, *args) -> dict:
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
-    mp.spawn(_rank, args=(port, out), nprocs=2)
+    mp.spawn(fn, args=(port, out, *args), nprocs=2)
+    return dict(out)
+
+
+def test_workers_step_the_head_on_everyone_s_activations_without_ddp_and_end_with_one_head():
+    out = _spawn(_rank)
     a, b = out[0], out[1]
+    assert a["gathered"] and b["gathered"]
     assert a["features"] == b["features"] == 32  # 16 train images a worker, both workers' on each
     assert a["labels"] == b["labels"]
     assert a["ddp"] == b["ddp"] == []  # no DDP wrapper for the head: no all-reduce a step
@@ -95,3 +106,37 @@ def test_a_frozen_stage_on_images_validates_on_the_cached_activations_without_th
     handle.remove()
     assert calls == []
     assert torch.equal(cached[1], through_body[1]) and torch.allclose(cached[0], through_body[0], atol=1e-5)
+
+
+def test_activations_above_the_gather_limit_stay_with_their_worker_and_the_head_steps_with_ddp():
+    """The path for train sets whose activations a worker can't hold all of: each worker steps
+    on its own, DDP averages the gradients, and both end with one head."""
+    out = _spawn(_rank, 1)  # a limit of one byte: nothing is gathered
+    a, b = out[0], out[1]
+    assert not a["gathered"] and not b["gathered"]
+    assert a["features"] == b["features"] == 16  # each worker its own activations only
+    assert a["ddp"] == b["ddp"] == ["head"]  # the head stepped under DDP
+    assert a["moved"] and all(torch.equal(a["head"][k], b["head"][k]) for k in a["head"])
+    assert np.isfinite(a["loss"]) and np.isfinite(b["loss"])
+
+
+def _gather(rank, port, out):
+    import torch.distributed as dist
+
+    from raycat.core.comm import TorchComm
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    comm = TorchComm()
+    rows = (5, 3)[rank]  # uneven parts, as the last worker's shard is
+    t = torch.arange(rows * 4, dtype=torch.float32).reshape(rows, 4) + 100 * rank
+    out[rank] = {"chunked": comm.gather(t, chunk_bytes=2 * 4 * 4),  # two rows at a time
+                 "whole": comm.gather(t), "empty": comm.gather(t[:0] if rank else t)}
+    dist.destroy_process_group()
+
+
+def test_a_gather_concatenates_uneven_parts_in_rank_order_whatever_its_chunk():
+    out = _spawn(_gather)
+    want = torch.cat([torch.arange(20.).reshape(5, 4), torch.arange(12.).reshape(3, 4) + 100])
+    for rank in (0, 1):
+        assert torch.equal(out[rank]["chunked"], want) and torch.equal(out[rank]["whole"], want)
+        assert torch.equal(out[rank]["empty"], want[:5])  # a rank with no rows adds none

@@ -1,11 +1,16 @@
 """Integration: `raycat train` with 2 Ray Train workers on a tiny generated dataset."""
 
+import contextlib
 import csv
+import glob
+import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -128,45 +133,64 @@ def test_valid_images_worth_a_look_are_the_saved_model_s_highest_losses(trained_
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
 
 
-def test_stream_mode_reads_every_epoch_from_storage_and_trains_the_same_epochs(trained_run, tmp_path):
+def test_stream_mode_reads_every_epoch_from_storage_and_trains_the_same_epochs(trained_run, tmp_path, hold_at):
     """--cache stream (what auto picks when the decoded shard would not fit a worker's memory):
     every epoch reads and decodes the files again, so an image that turns unreadable after the
-    first unit (memory mode would never read it again) is seen, skipped and reported by a later
-    epoch, and the run still ends with all its epochs."""
-    import shutil
-
+    first epoch (memory mode would never read it again) is seen, skipped and reported by a later
+    epoch, and the run still ends with all its epochs. The body is EfficientNet-Lite0, whose input
+    statistics are not ImageNet's: the card says so, and predict scores with them."""
+    from raycat import model_card
     from raycat.cli import main
+    from raycat.core.decode import decode_one
+    from raycat.core.device import resolve_precision
 
     data = str(tmp_path / "data")
     shutil.copytree(trained_run["data"], data)
     victim = sorted(os.listdir(os.path.join(data, "train", "circle")))[0]
     out = str(tmp_path / "out")
-    import threading
-    import time
-
-    def spoil_after_the_first_unit():  # lr_find has read every file by its first checkpoint
-        import glob
-
-        deadline = time.time() + 300
-        while time.time() < deadline and not glob.glob(os.path.join(out, "checkpoints", "*", "checkpoint_*")):
-            time.sleep(0.2)
+    args = ["train", data, "--out", out, "--arch", "tf_efficientnet_lite0", "--weights", "none", "--size", "32",
+            "--workers", "1", "--unfrozen-cycles", "2", "--cycle-mult", "1", "--no-until-overfit", "--patience", "10",
+            "--tta", "0", "--cache", "stream", "--lr", "0.01"]
+    # The job holds after its first epoch's checkpoint (decided before it starts): the file is spoilt
+    # while it waits, and the epoch left reads it again.
+    with hold_at("epoch=1") as h:
+        run = threading.Thread(target=lambda: done.append(main(args)), daemon=True)
+        done: list[int] = []
+        run.start()
+        h.wait(1)
         with open(os.path.join(data, "train", "circle", victim), "wb") as f:
             f.write(b"not an image")
-
-    spoiler = threading.Thread(target=spoil_after_the_first_unit, daemon=True)
-    spoiler.start()
-    assert main(["train", data, "--out", out, "--arch", "resnet18", "--weights", "none", "--size", "32",
-                 "--workers", "1", "--unfrozen-cycles", "3", "--cycle-mult", "1", "--no-until-overfit",
-                 "--patience", "10", "--tta", "0", "--cache", "stream", "--lr", "0.01"]) == 0
-    spoiler.join()
+        h.release()
+        run.join(timeout=600)
+    assert done == [0]
     m = json.load(open(os.path.join(out, "metrics.json")))
-    assert m["cache"] == "stream" and m["training_dtype"] in ("fp32", "bf16")
+    assert m["cache"] == "stream"
+    # Each worker resolves --precision auto on its node: bf16 where the CPU has AMX, else fp32.
+    assert m["training_dtype"] == resolve_precision("auto", torch.device("cpu"))
     assert m["batch_size"] == 8  # the default for 180 images: 64 halved until an epoch has 16 steps
-    assert [r["stage"] for r in rows(os.path.join(out, "history.csv"))] == ["unfrozen"] * 3
+    assert [r["stage"] for r in rows(os.path.join(out, "history.csv"))] == ["unfrozen"] * 2
     assert victim in open(os.path.join(out, "skipped.csv")).read()  # found by a later epoch's read
     # --lr given: no sweep ran (its curve would go unused); the contract's lr_find files say so
     assert rows(os.path.join(out, "lr_find.csv"))[0]["lr"].startswith("not run: --lr 0.01 was given")
     assert m["base_lr"] == 0.01 and os.path.getsize(os.path.join(out, "lr_find.png")) > 0
+    # Lite0 was trained on [-1, 1] inputs: mean = std = 0.5 in model.json, and predict scores with them
+    card = json.load(open(os.path.join(out, "model", "model.json")))
+    assert card["mean"] == card["std"] == [0.5, 0.5, 0.5]
+    files = sorted(glob.glob(os.path.join(data, "valid", "*", "*")))[:4]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["predict", out, *files, "--tta", "0", "--precision", "fp32"]) == 0
+    confidence = [float(line.rsplit(" (", 1)[1].rstrip(")")) for line in printed.getvalue().strip().splitlines()]
+    folder, loaded = model_card.find(out)
+    model = model_card.load(folder, loaded)
+    x = torch.stack([decode_one(open(f, "rb").read(), loaded.size) for f in files]).float() / 255
+    with torch.no_grad():
+        half = model((x - 0.5) / 0.5).softmax(1).max(1).values
+        imagenet = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(
+            1, 3, 1, 1)
+        other = model((x - imagenet[0]) / imagenet[1]).softmax(1).max(1).values
+    assert confidence == pytest.approx(half.tolist(), abs=2e-4)
+    assert (half - other).abs().max() > 1e-3  # (the check tells the two statistics apart)
     if os.path.exists(CHECK_OUTPUTS):
         r = subprocess.run([sys.executable, CHECK_OUTPUTS, "train", out], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr

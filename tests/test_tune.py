@@ -53,7 +53,7 @@ def test_every_recipe_setting_but_weights_and_seed_is_tunable():
 
 
 @pytest.mark.integration
-def test_sweep_resumes_after_the_driver_dies_and_asha_stops_the_bad_lr(ray_local, tmp_path):
+def test_sweep_resumes_after_the_driver_dies_and_asha_stops_the_bad_lr(ray_local, tmp_path, hold_at):
     """One sweep (3 trials, the last with a hopeless lr): its driver is killed after the first trial,
     the same command resumes it, ASHA stops the bad trial, best_recipe.json feeds `raycat train`.
 
@@ -64,7 +64,6 @@ def test_sweep_resumes_after_the_driver_dies_and_asha_stops_the_bad_lr(ray_local
     import signal
     import subprocess
     import sys
-    import time
 
     folders = make_shapes_dataset(str(tmp_path / "folders"), classes=("circle", "square", "triangle"), n_train=10,
                                   n_valid=4, seed=0, easy=True, clutter=False)
@@ -94,15 +93,18 @@ def test_sweep_resumes_after_the_driver_dies_and_asha_stops_the_bad_lr(ray_local
     # share 2 cores with this one); when it is killed, Ray ends its trials with it.
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     driver_log = open(tmp_path / "driver.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "raycat", *args], start_new_session=True, env=env,
-                            stdout=driver_log, stderr=subprocess.STDOUT)
     finished = lambda: [d for d in (os.listdir(out / "trials") if (out / "trials").exists() else [])
                         if (out / "trials" / d / "history.csv").exists()]
-    deadline = time.time() + 400
-    while time.time() < deadline and not finished() and proc.poll() is None:
-        time.sleep(1)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies after its first trial
-    proc.wait()
+    # The second trial holds before it trains (decided before the sweep starts): the driver dies
+    # there, with exactly one trial done whatever the machine's speed.
+    with hold_at("trial=1") as h:
+        proc = subprocess.Popen([sys.executable, "-m", "raycat", *args], start_new_session=True, env=env,
+                                stdout=driver_log, stderr=subprocess.STDOUT)
+        (held,) = h.wait(1, timeout=400)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies after its first trial
+        proc.wait()
+        h.release()
+    assert held["trial_id"].endswith("_00001")
     first = finished()
     assert len(first) == 1 and not (out / "trials.csv").exists()
     history = (out / "trials" / first[0] / "history.csv").read_bytes()

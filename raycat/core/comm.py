@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+GATHER_CHUNK_BYTES = 64 << 20  # a gather moves one rank's rows this much at a time (TorchComm.gather)
+
 
 class LocalComm:
     world_size = 1
@@ -18,7 +20,7 @@ class LocalComm:
     def mean(self, x: float) -> float:
         return float(x)
 
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
+    def gather(self, t: torch.Tensor, chunk_bytes: int = GATHER_CHUNK_BYTES) -> torch.Tensor:
         return t
 
     def gather_objects(self, x) -> list:
@@ -51,11 +53,29 @@ class TorchComm:
         self.dist.all_gather_object(values, float(x))
         return sum(values) / self.world_size
 
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        """Concatenate each rank's tensor (sizes may differ), in rank order, on every rank."""
-        parts = [None] * self.world_size
-        self.dist.all_gather_object(parts, t.detach().cpu())
-        return torch.cat(parts)
+    def gather(self, t: torch.Tensor, chunk_bytes: int = GATHER_CHUNK_BYTES) -> torch.Tensor:
+        """Concatenate each rank's tensor (rows may differ; the rest of the shape and the dtype
+        agree), in rank order, on every rank.
+
+        Tensors, not pickled objects: each rank's rows are broadcast straight into their place in
+        the result, `chunk_bytes` at a time, so the peak is the result plus one chunk (pickling
+        held several copies, `world x the largest part`, outside the worker's reservation)."""
+        rows = [n for n, in self.gather_objects((t.shape[0],))]
+        # NCCL moves CUDA tensors only; gloo moves them where they are.
+        device = torch.device("cuda", torch.cuda.current_device()) if self.dist.get_backend() == "nccl" \
+            else t.device
+        out = torch.empty((sum(rows), *t.shape[1:]), dtype=t.dtype, device=device)
+        row_bytes = max(1, out[:1].numel() * out.element_size())
+        step = max(1, chunk_bytes // row_bytes)
+        start = 0
+        for rank, n in enumerate(rows):
+            part = out[start:start + n]  # rows of a contiguous tensor: a contiguous view into out
+            if rank == self.rank:
+                part.copy_(t.detach())
+            for i in range(0, n, step):
+                self.dist.broadcast(part[i:i + step], src=rank)
+            start += n
+        return out.to(t.device)
 
     def gather_objects(self, x) -> list:
         out = [None] * self.world_size
