@@ -151,8 +151,10 @@ def test_the_watch_says_it_waits_and_says_it_again_while_it_waits(monkeypatch):
         time.sleep(0.8)
         assert not [i for i in q.items() if "waiting" in str(i[1])]  # running: nothing to say
         watch.after_controller_state_update(RunningState(), RestartingState(RuntimeError("node has died")))
-        time.sleep(3.0)
-        waits = [i[1] for i in q.items() if "waiting" in str(i[1])]
+        waits, deadline = [], time.monotonic() + 30  # the second line is the event waited for
+        while len(waits) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            waits += [i[1] for i in q.items() if "waiting" in str(i[1])]
         assert len(waits) >= 2, waits
         assert "needs 2 worker(s) x 2 CPU" in waits[0] and "free: 1 CPU" in waits[0]
         _start(watch, 2)
