@@ -14,21 +14,19 @@ cluster time is spent; errors name the flag.
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from raycat.core.names import STEMS, TORCHVISION_ARCHS  # noqa: F401 - (the face's names for them too)
+from raycat.core.schedules import steps_per_epoch
 from raycat.errors import ConfigError
 
-# Bodies (raycat/core/bodies.py): torchvision's ResNets by these names, any other CNN of timm's zoo
-# by its name; the default's ImageNet weights come with the install (raycat/weights.py).
-TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-                     "resnext101_32x8d", "wide_resnet50_2")
+# Bodies (raycat/core/bodies.py): torchvision's ResNets by their names (core/names.py), any other
+# CNN of timm's zoo by its name; the default's ImageNet weights come with the install (raycat/weights.py).
 DEFAULT_ARCH = "tf_efficientnet_lite0"
 AUG_PRESETS = ("side_on", "top_down", "flip_shift", "none")
-STEMS = ("imagenet", "small", "small_pool")
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("sgdr", "one_cycle")
 LR_SUGGESTIONS = ("minimum", "valley", "steepest")
@@ -84,12 +82,6 @@ def _non_negative(cfg: Any, *names: str) -> None:
 DEFAULT_BATCH, MIN_STEPS = 64, 16  # Recipe.batch_for
 
 
-def steps_per_epoch(n_train: int, workers: int, batch_size: int) -> int:
-    """Optimizer steps in an epoch of `n_train` images over `workers` workers taking `batch_size`
-    each: Ray splits the train files equally (each worker gets n // workers of them), and every
-    worker takes as many steps (DDP steps together). The one home of this rule: the schedule, the
-    default batch and the workers' data all read it."""
-    return max(1, math.ceil((n_train // max(1, workers)) / batch_size))
 
 
 @dataclass

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-
-class BadInput(ValueError):
-    """Bad usage or input, found before work starts: exit 2, the message names the flag, file or folder."""
+from raycat.core.errors import BadInput  # noqa: F401 - the core's class: one class caught everywhere
 
 
 class ConfigError(BadInput):

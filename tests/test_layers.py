@@ -1,30 +1,18 @@
-"""The layering the README promises: raycat/core/ is plain PyTorch (no Ray, no storage, not even
-lazily), and the CLI's help costs neither torch nor Ray."""
+"""docs/architecture.md kept true: every module's imports point inward (face -> shell -> edge -> core);
+raycat/core/ is plain PyTorch (no Ray, no storage, no face, not even lazily), and the CLI's help
+costs neither torch nor Ray.
+
+The import rules read each module's source (no import runs): the raycat modules it imports at run
+time (one under `if TYPE_CHECKING:` is for the type checker only), Ray, storage libraries."""
 
 import ast
 import os
 import subprocess
 import sys
 
+import pytest
+
 CORE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "raycat", "core")
-
-
-def imported_names(path):
-    tree = ast.parse(open(path).read())
-    for node in ast.walk(tree):  # every import, at any depth: a lazy one counts too
-        if isinstance(node, ast.Import):
-            yield from (a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            yield node.module or ""
-
-
-def test_no_core_module_imports_ray_or_storage_even_lazily():
-    offenders = [(f, name) for f in sorted(os.listdir(CORE)) if f.endswith(".py")
-                 for name in imported_names(os.path.join(CORE, f))
-                 if name == "ray" or name.startswith("ray.") or name in ("raycat.storage", "boto3", "pyarrow")
-                 or (name.startswith("raycat.") and not name.startswith(("raycat.core", "raycat.config",
-                                                                         "raycat.errors")))]
-    assert offenders == []
 
 
 def test_importing_the_whole_core_loads_no_ray_and_no_storage():
@@ -33,3 +21,110 @@ def test_importing_the_whole_core_loads_no_ray_and_no_storage():
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.') or m == 'raycat.storage'))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "raycat")
+
+EDGE = {"storage", "layout", "outputs", "model_card", "weights", "report", "plots", "grids"}
+SHELL = {"pipeline", "train_worker", "train_job", "tune_job", "predict_job", "scoring", "scoring_pool", "listing",
+         "ray_session", "resume", "tracking", "group_watch", "console", "search_space", "faults"}
+FACE = {"cli", "config", "errors", "demo", "check", "submit", "datasets", "__main__", "__init__"}
+PLAIN_DATA = {"config", "errors"}  # the face's dataclasses and exception classes: readable by edge and shell
+
+
+def part(module: str) -> str:
+    """'core' | 'edge' | 'shell' | 'face' for a module path under raycat/ ('core.loop', 'storage')."""
+    if module == "core" or module.startswith("core."):
+        return "core"
+    for name, members in (("edge", EDGE), ("shell", SHELL), ("face", FACE)):
+        if module in members:
+            return name
+    raise AssertionError(f"raycat/{module}.py belongs to no part of docs/architecture.md: add it there and here")
+
+
+def modules() -> list[str]:
+    out = []
+    for folder, _, files in os.walk(ROOT):
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(folder, f), ROOT)[:-3].replace(os.sep, ".")
+                out.append(rel.removesuffix(".__init__") if rel != "__init__" else rel)
+    return sorted(out)
+
+
+def imports(source: str) -> tuple[set[str], bool, bool]:
+    """(the raycat modules `source` imports at run time, at any depth (a lazy import counts too),
+    whether it imports Ray, whether it imports a storage library: boto3, pyarrow)."""
+    tree = ast.parse(source)
+    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                 and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    known = set(modules())
+    found, ray, storage = set(), False, False
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            if name == "ray" or name.startswith("ray."):
+                ray = True
+            if name.split(".")[0] in ("boto3", "pyarrow"):
+                storage = True
+            if name.startswith("raycat.") and name.removeprefix("raycat.") in known:
+                found.add(name.removeprefix("raycat."))
+    return found, ray, storage
+
+
+ALLOWED = {  # part -> the parts it may import
+    "core": {"core"},
+    "edge": {"core", "edge"},
+    "shell": {"core", "edge", "shell"},
+    "face": {"core", "edge", "shell", "face"},
+}
+
+
+def crossings(module: str, source: str) -> list[str]:
+    """The lines of docs/architecture.md that `module`'s source crosses."""
+    mine, out = part(module), []
+    found, ray, storage = imports(source)
+    for target in sorted(found):
+        theirs = part(target)
+        if target == "cli" and module != "__main__":
+            out.append(f"raycat/{module} imports the CLI")
+        elif theirs not in ALLOWED[mine] and not (target in PLAIN_DATA and mine in ("edge", "shell")):
+            out.append(f"raycat/{module} ({mine}) imports raycat/{target} ({theirs})")
+    if ray and mine in ("core", "edge"):
+        out.append(f"raycat/{module} ({mine}) imports Ray")
+    if storage and mine == "core":
+        out.append(f"raycat/{module} (core) imports a storage library")
+    return out
+
+
+def source_of(module: str) -> str:
+    path = os.path.join(ROOT, *module.split(".")) + ".py"
+    if not os.path.exists(path):
+        path = os.path.join(ROOT, *module.split("."), "__init__.py")
+    return open(path, encoding="utf-8").read()
+
+
+@pytest.mark.parametrize("module", modules())
+def test_each_module_imports_inward_only(module):
+    assert crossings(module, source_of(module)) == []
+
+
+def test_the_check_sees_each_kind_of_crossing():
+    assert crossings("core.bodies", "from raycat import config\nfrom raycat.errors import BadInput\n") == [
+        "raycat/core.bodies (core) imports raycat/config (face)",
+        "raycat/core.bodies (core) imports raycat/errors (face)"]
+    assert crossings("storage", "import ray\n") == ["raycat/storage (edge) imports Ray"]
+    assert crossings("core.loop", "def f():\n    import pyarrow\n") == [
+        "raycat/core.loop (core) imports a storage library"]
+    assert crossings("train_job", "from raycat import cli\n") == ["raycat/train_job imports the CLI"]
+    assert crossings("model_card", "from raycat.train_job import fit\n") == [
+        "raycat/model_card (edge) imports raycat/train_job (shell)"]
+    # an import for the type checker alone is no dependency at run time
+    assert crossings("core.recipe", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                    "    from raycat.config import Recipe\n") == []

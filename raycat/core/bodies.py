@@ -27,13 +27,11 @@ from functools import lru_cache
 import torch
 import torch.nn as nn
 
-from raycat import config
 from raycat.core.augment import IMAGENET_MEAN, IMAGENET_STD
-from raycat.errors import BadInput
+from raycat.core.errors import BadInput
+from raycat.core.names import STEMS, TORCHVISION_ARCHS  # noqa: F401 - (bodies.STEMS: what build() takes)
 
-# torchvision's ResNet family: the bodies raycat always took, and model.json files already name.
-TORCHVISION = config.TORCHVISION_ARCHS
-STEMS = config.STEMS
+TORCHVISION = TORCHVISION_ARCHS
 
 
 class UnknownArch(BadInput):

@@ -12,8 +12,8 @@ from typing import Iterable, Iterator, Protocol
 
 import torch
 
-from raycat import config
 from raycat.core.device import to_device
+from raycat.core.schedules import steps_per_epoch as steps_in_an_epoch
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, 3, H, W) on the device, int64 labels (N,)
 
@@ -74,7 +74,7 @@ class TensorData:
         self.train_x, self.train_y = torch.as_tensor(train_x), torch.as_tensor(train_y).long()
         self.valid_x, self.valid_y = torch.as_tensor(valid_x), torch.as_tensor(valid_y).long()
         self.bs, self.device = batch_size, device or torch.device("cpu")
-        self.steps_per_epoch = steps_per_epoch or config.steps_per_epoch(len(self.train_x), 1, batch_size)
+        self.steps_per_epoch = steps_per_epoch or steps_in_an_epoch(len(self.train_x), 1, batch_size)
 
     def train_batches(self, gen: torch.Generator) -> Iterator[Batch]:
         for idx in index_batches(len(self.train_x), self.bs, self.steps_per_epoch, gen):

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from raycat.core import bodies
-from raycat.errors import BadInput
+from raycat.core.errors import BadInput
 
 STEMS = bodies.STEMS
 

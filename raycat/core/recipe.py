@@ -23,11 +23,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from raycat.config import Recipe
 from raycat.core import lr_find, metrics
 from raycat.core.augment import AugmentSpec
 from raycat.core.data import RecipeData
@@ -35,6 +34,9 @@ from raycat.core.loop import HEAD, PRECOMPUTE, UNFROZEN, Loop, Optim, Stage
 from raycat.core.model import Classifier, cpu_state
 from raycat.core.schedules import group_lrs, sgdr_lr, stage_lr, total_epochs
 from raycat.core.tta import tta_views
+
+if TYPE_CHECKING:  # the recipe arrives as a value (config.Recipe, a plain dataclass); the core never imports the face
+    from raycat.config import Recipe
 
 # An epoch whose valid loss is more than this many times the best so far, and worse than guessing
 # (the loss of uniform probabilities, log(classes)), is called out in the table; the better weights

@@ -91,3 +91,10 @@ def stage_lr(schedule: str, base_lr: float, step: int, steps_per_epoch: int, cyc
     if schedule == "one_cycle":
         return one_cycle_lr(base_lr, step, total_epochs(cycle_len, cycle_mult, n_cycle) * steps_per_epoch)
     return sgdr_lr(base_lr, step, steps_per_epoch, cycle_len, cycle_mult)
+
+def steps_per_epoch(n_train: int, workers: int, batch_size: int) -> int:
+    """Optimizer steps in an epoch of `n_train` images over `workers` workers taking `batch_size`
+    each: Ray splits the train files equally (each worker gets n // workers of them), and every
+    worker takes as many steps (DDP steps together). The one home of this rule: the schedule, the
+    default batch and the workers' data all read it."""
+    return max(1, math.ceil((n_train // max(1, workers)) / batch_size))
