@@ -10,11 +10,16 @@ folder named `<script>` is text on the page. Each part is a `<section id=...>` w
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from raycat import storage
+
+if TYPE_CHECKING:
+    from raycat.config import TrainConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # No scripts, no fetches: images only from data: URIs, styles only inline. Anything that would reach
@@ -456,3 +461,58 @@ PAGE, LIVE_PAGE = "report.html", "report.live.html"
 def write(out: str, html_text: str, name: str = PAGE) -> None:
     """OUT/report.html (or the live page's name), written whole (storage writes atomically), local or S3."""
     storage.write_text(storage.join(out, name), html_text)
+
+
+# ---- the train page while the run goes on, and what it shows of the run's settings ----------------
+
+def shown_command(cfg: TrainConfig) -> str:
+    """The command the report shows: the one its runner passed in (a tune trial: the sweep's),
+    else the run's DATA and OUT as a command (raycat called from Python)."""
+    import shlex
+
+    return cfg.command or shlex.join(["raycat", "train", cfg.data, "--out", cfg.out])
+
+
+def flat_settings(cfg: TrainConfig) -> dict:
+    """The run's settings by flag name, the recipe's resolved (the report's table)."""
+    from raycat.config import to_dict
+
+    d = to_dict(dataclasses.replace(cfg, recipe=cfg.recipe.resolved()))
+    recipe, resources = d.pop("recipe"), d.pop("resources")
+    return {**d, **recipe, **{k: str(v) if k == "workers" else v for k, v in resources.items()}}
+
+
+class LiveReport:
+    """The run's page rewritten as each epoch's row is kept (console.Relay's on_epoch), so a running
+    job's page shows its progress; the finished page replaces it at the end. Best effort: a page
+    that can't be written never stops training.
+
+    Into a fresh OUT it is OUT/report.html. An OUT that holds an earlier finished run (its
+    metrics.json) keeps that run whole until this one ends: the live page is then
+    OUT/report.live.html, removed when this run's outputs are written."""
+
+    def __init__(self, cfg: TrainConfig, weights_from: str, classes: list[str], counts: dict):
+        self.cfg, self.weights_from, self.classes, self.counts = cfg, weights_from, classes, counts
+        self.rows: dict[int, dict] = {}
+        self.warned = False
+        finished = storage.exists(storage.join(cfg.out, "metrics.json"))
+        self.name = LIVE_PAGE if finished else PAGE
+        if finished:
+            print(f"raycat train: {cfg.out} holds an earlier finished run until this one ends; this run's live page is "
+                  f"{storage.join(cfg.out, self.name)}")
+
+    def epoch(self, row: dict, index: int) -> None:
+        self.rows[index] = row
+        rows = [self.rows[i] for i in sorted(self.rows)]
+        try:
+            # The table alone: drawing the plot (matplotlib, a second of CPU) on the driver would take
+            # it from the workers on a small machine; the finished page has the plots.
+            write(self.cfg.out, train_page(TrainReport(
+                command=shown_command(self.cfg), settings=flat_settings(self.cfg), weights_from=self.weights_from,
+                classes=self.classes, counts=self.counts, history=rows, lr_finds={}, images={}, running=True,
+                out=self.cfg.out)), self.name)
+        except Exception as e:  # noqa: BLE001 - the page is for people; the run goes on without it
+            if not self.warned:
+                self.warned = True
+                print(f"raycat train: warning: could not update {storage.join(self.cfg.out, self.name)} "
+                      f"({type(e).__name__}: {e})")

@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from raycat import grids, model_card, outputs, resume, storage
+from raycat import grids, model_card, outputs, report, resume, storage
 from raycat.config import LrFindConfig, TrainConfig
 from raycat.core.loop import GATHER_FEATURES_BYTES
 from raycat.core.recipe import SWEEP_ALWAYS, SWEEP_ONLY, SWEEP_UNLESS_LR
@@ -95,7 +95,7 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
     i)` sees each epoch's row as it ends, `i` its index in the run's history (a tracker);
     `on_ready()` is called once the inputs are checked, before Ray (a tracker starts its run).
     `start` (a RecipeState) is where a run without a checkpoint begins (lr_find_done).
-    `live_report` rewrites OUT/report.html as each epoch ends (LiveReport).
+    `live_report` rewrites OUT/report.html as each epoch ends (report.LiveReport).
     `sweeps` says which lr_find sweeps the run has (core.recipe.plan)."""
     started_at = time.time()
     recipe, res = cfg.recipe.resolved(), cfg.resources
@@ -165,8 +165,8 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
                       gpu=res.gpu, cache=cache, cpus=cpus, precision=recipe.precision,
                       valid=ray.put((layout.valid.paths, layout.valid.labels)), sweeps=sweeps, top=cfg.top,
                       start=ray.put(start) if start is not None else None)
-    live = LiveReport(cfg, weights_from, layout.classes, {"n_train": len(layout.train), "n_valid": len(layout.valid),
-                                                           "n_skipped": len(layout.bad)}) if live_report else None
+    counts = {"n_train": len(layout.train), "n_valid": len(layout.valid), "n_skipped": len(layout.bad)}
+    live = report.LiveReport(cfg, weights_from, layout.classes, counts) if live_report else None
 
     def told(row: dict, index: int) -> None:  # an epoch whose checkpoint is kept
         if live is not None:
@@ -208,67 +208,10 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
                      groups=relay.groups, batch_size=recipe.batch_size)
 
 
-def shown_command(cfg: TrainConfig) -> str:
-    """The command the report shows: the one its runner passed in (a tune trial: the sweep's),
-    else the run's DATA and OUT as a command (raycat called from Python)."""
-    import shlex
-
-    return cfg.command or shlex.join(["raycat", "train", cfg.data, "--out", cfg.out])
-
-
-def flat_settings(cfg: TrainConfig) -> dict:
-    """The run's settings by flag name, the recipe's resolved (the report's table)."""
-    from raycat.config import to_dict
-
-    d = to_dict(dataclasses.replace(cfg, recipe=cfg.recipe.resolved()))
-    recipe, resources = d.pop("recipe"), d.pop("resources")
-    return {**d, **recipe, **{k: str(v) if k == "workers" else v for k, v in resources.items()}}
-
-
-class LiveReport:
-    """The run's page rewritten as each epoch's row is kept (console.Relay's on_epoch), so a running
-    job's page shows its progress; the finished page replaces it at the end. Best effort: a page
-    that can't be written never stops training.
-
-    Into a fresh OUT it is OUT/report.html. An OUT that holds an earlier finished run (its
-    metrics.json) keeps that run whole until this one ends: the live page is then
-    OUT/report.live.html, removed when this run's outputs are written."""
-
-    def __init__(self, cfg: TrainConfig, weights_from: str, classes: list[str], counts: dict):
-        from raycat import report
-
-        self.cfg, self.weights_from, self.classes, self.counts = cfg, weights_from, classes, counts
-        self.rows: dict[int, dict] = {}
-        self.warned = False
-        finished = storage.exists(storage.join(cfg.out, "metrics.json"))
-        self.name = report.LIVE_PAGE if finished else report.PAGE
-        if finished:
-            print(f"raycat train: {cfg.out} holds an earlier finished run until this one ends; this run's live page is "
-                  f"{storage.join(cfg.out, self.name)}")
-
-    def epoch(self, row: dict, index: int) -> None:
-        from raycat import report
-
-        self.rows[index] = row
-        rows = [self.rows[i] for i in sorted(self.rows)]
-        try:
-            # The table alone: drawing the plot (matplotlib, a second of CPU) on the driver would take
-            # it from the workers on a small machine; the finished page has the plots.
-            report.write(self.cfg.out, report.train_page(report.TrainReport(
-                command=shown_command(self.cfg), settings=flat_settings(self.cfg), weights_from=self.weights_from,
-                classes=self.classes, counts=self.counts, history=rows, lr_finds={}, images={}, running=True,
-                out=self.cfg.out)), self.name)
-        except Exception as e:  # noqa: BLE001 - the page is for people; the run goes on without it
-            if not self.warned:
-                self.warned = True
-                print(f"raycat train: warning: could not update {storage.join(self.cfg.out, self.name)} "
-                      f"({type(e).__name__}: {e})")
-
-
 def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict, lr_find_note: bool = True) -> dict:
     """The contract's files, metrics.json last. `lr_find_note`: a run that swept nothing writes
     lr_find.csv and .png saying so (`raycat train --lr`; a tune trial writes none)."""
-    from raycat import __version__, plots, report
+    from raycat import __version__, plots
     from raycat.core import bodies
     from raycat.core.schedules import GROUP_NAMES
 
@@ -309,7 +252,7 @@ def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict, lr_fin
         timing = {"Ray start": metrics["ray_start_seconds"], "to the first step": metrics["to_first_step_seconds"],
                   **{k: round(v, 2) for k, v in state.timing.items()}, "outputs": round(time.time() - t0, 2)}
         report.write(out, report.train_page(report.TrainReport(
-            command=shown_command(cfg), settings=flat_settings(cfg), weights_from=fitted.weights_from,
+            command=report.shown_command(cfg), settings=report.flat_settings(cfg), weights_from=fitted.weights_from,
             classes=fitted.classes, counts=metrics, history=state.history, lr_finds=lr_finds,
             images={k: v for k, v in images.items() if v}, metrics=metrics,
             confusion=f["confusion_matrix"].tolist(), worker_groups=metrics["worker_groups"],
