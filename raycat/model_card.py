@@ -41,7 +41,7 @@ class ModelCard:
     max_zoom: float = 1.1
     raycat_version: str = __version__
     exported: dict | None = None  # how to call model.pt2 (EXPORTED_USAGE), when there is one
-    weights_from: str = ""  # what the training run started from (model_card.starting_model)
+    weights_from: str = ""  # what the training run started from (weights.starting_model)
 
     @classmethod
     def parse(cls, data: dict, where: str) -> "ModelCard":
@@ -208,45 +208,3 @@ def load(folder: str, card: ModelCard):
     except WeightsError as e:
         raise ModelError(str(e)) from None
     return model.eval()
-
-
-def source_card(weights: str) -> ModelCard | None:
-    """The card of the raycat model `--weights` names (a model/ folder, its OUT, or its weights.pt),
-    or None for a bare state dict, whose head's classes nobody can know."""
-    folders = [weights, storage.join(weights, "model")]
-    if storage.basename(weights) == WEIGHTS:
-        folders = [weights[: -len(WEIGHTS)].rstrip("/") or "."]
-    for folder in folders:
-        uri = storage.join(folder, CARD)
-        if storage.exists(uri):
-            try:
-                return ModelCard.parse(json.loads(storage.read_text(uri)), uri)
-            except ValueError as e:
-                raise ModelError(f"--weights {uri}: not a raycat model card ({e})") from None
-    return None
-
-
-def starting_model(arch: str, weights: str, stem: str, classes: list[str]):
-    """(the model a run starts from, what it started from: a line for the user, metrics.json's and
-    model.json's `weights_from`): imagenet (raycat/weights.py: an installed package first), none,
-    or a state dict or model/ folder. A model's head is kept only when its card's classes are this
-    run's, in the same order; any other head is trained afresh."""
-    from raycat import weights as imagenet
-    from raycat.core.model import create_model, load_weights
-
-    model = create_model(arch, len(classes), stem=stem)
-    if weights == "imagenet":
-        return model, imagenet.load_imagenet(model, arch)
-    if weights == "none":
-        return model, "no weights (--weights none): a freshly initialised body"
-    card = source_card(weights)
-    keep_head = card is not None and card.classes == list(classes)
-    load_weights(model, read_state_dict(weights), weights, keep_head=keep_head)
-    if keep_head:
-        head = "its head too (the same classes, in the same order)"
-    elif card is None:
-        head = "a fresh head (a bare state dict does not say which classes its head learnt)"
-    else:
-        head = f"a fresh head (its classes {', '.join(card.classes[:6])}{' ...' if len(card.classes) > 6 else ''} " \
-               "are not this run's)"
-    return model, f"--weights {weights}: the body, and {head}"

@@ -209,7 +209,7 @@ def per_class_html(rows, pairs) -> str:
 class TrainReport:
     command: str  # the command line as typed (or reconstructed)
     settings: dict  # resolved settings, flat {flag_name: value}
-    weights_from: str  # what the run started from (model_card.starting_model)
+    weights_from: str  # what the run started from (weights.starting_model)
     classes: list[str]
     counts: dict  # {"n_train", "n_valid", "n_skipped"}
     history: list[dict]  # history.csv's rows so far

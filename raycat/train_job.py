@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from raycat import grids, model_card, outputs, report, resume, storage
+from raycat import grids, model_card, outputs, report, resume, storage, weights
 from raycat.config import LrFindConfig, TrainConfig
 from raycat.core.loop import GATHER_FEATURES_BYTES
 from raycat.core.recipe import SWEEP_ALWAYS, SWEEP_ONLY, SWEEP_UNLESS_LR
@@ -37,7 +37,7 @@ class FitResult:
     cpus_per_worker: int
     split: str  # resume.split_digest of the layout trained on
     stepping: dict  # what the schedule steps by, and its sweeps: global_batch, steps_per_epoch, sweeps
-    weights_from: str  # what the run started from (model_card.starting_model), for metrics.json and model.json
+    weights_from: str  # what the run started from (weights.starting_model), for metrics.json and model.json
     started_at: float  # when the command started (time.time())
     ray_up_at: float  # when Ray was up (joined or started)
     groups: list[dict]  # the worker groups this command ran (console.Relay.groups)
@@ -107,7 +107,7 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
     import torch
 
     torch.manual_seed(recipe.seed)
-    model, weights_from = model_card.starting_model(recipe.arch, recipe.weights, recipe.stem, layout.classes)
+    model, weights_from = weights.starting_model(recipe.arch, recipe.weights, recipe.stem, layout.classes)
     # model/weights.pt, two kept checkpoints and one being written (each about a copy of the
     # weights), the plots and tables.
     outputs.check_space(cfg.out, 4 * outputs.model_bytes(model.state_dict()) + 16 * outputs.MB,

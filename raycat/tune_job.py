@@ -93,17 +93,17 @@ def run_tune(cfg: TuneConfig) -> int:
     layout = scan_layout(cfg.data, cfg.labels, cfg.valid_pct, cfg.recipe.seed)  # errors: exit 2, before Ray
     space = load_space(cfg.space)
     outputs.check_writable(cfg.out)
-    from raycat import model_card
+    from raycat import weights
     from raycat.core.model import create_model
 
     # The trials' starting weights, checked here as train checks them: offline, `--weights imagenet`
     # for a body without installed weights is exit 2 now, not an error in every trial later.
     for arch in space_archs(space, cfg.recipe.arch):
-        model_card.starting_model(arch, cfg.recipe.weights, cfg.recipe.stem, layout.classes)
+        weights.starting_model(arch, cfg.recipe.weights, cfg.recipe.stem, layout.classes)
 
     # Every trial keeps its model and two checkpoints; the best model is copied once more.
-    weights = outputs.model_bytes(create_model(cfg.recipe.arch, len(layout.classes)).state_dict())
-    outputs.check_space(cfg.out, (4 * n_trials(space, cfg.samples) + 1) * weights + 16 * outputs.MB,
+    model_bytes = outputs.model_bytes(create_model(cfg.recipe.arch, len(layout.classes)).state_dict())
+    outputs.check_space(cfg.out, (4 * n_trials(space, cfg.samples) + 1) * model_bytes + 16 * outputs.MB,
                         "the trials' models and checkpoints")
 
     import ray

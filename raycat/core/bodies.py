@@ -54,6 +54,13 @@ def _timm():
     return timm
 
 
+def timm_network(arch: str, pretrained: bool = False) -> nn.Module:
+    """timm's whole network `arch` (its classifier too): the names and shapes a weight file of it
+    holds. `pretrained` asks timm for its ImageNet weights (its hub download: raycat/weights.py
+    decides when)."""
+    return _timm().create_model(arch, pretrained=pretrained)
+
+
 @lru_cache(maxsize=None)
 def info(arch: str) -> BodyInfo:
     """What raycat knows of `arch` without building it; UnknownArch for a name no library knows."""
@@ -210,19 +217,3 @@ def build(arch: str, stem: str = "imagenet") -> nn.Module:
     if stem != "imagenet" and family != "torchvision":
         raise UnknownArch(f"--stem {stem}: for torchvision's ResNets ({', '.join(TORCHVISION)}); {arch} keeps its own")
     return _resnet(arch, stem) if family == "torchvision" else TimmBody(arch)
-
-
-def map_by_position(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], what: str
-                    ) -> dict[str, torch.Tensor]:
-    """`source`'s tensors under `target`'s names, in order (BatchNorm's num_batches_tracked left
-    out on both sides): for a state dict of another code base's layout of the same network, such
-    as lukemelas' EfficientNet-PyTorch (`_conv_stem`, `_blocks.N`, ...) onto timm's. Every shape
-    must match in order, or the file is another network (ValueError naming `what`)."""
-    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
-    dst = [(k, v) for k, v in target.items() if not k.endswith("num_batches_tracked")]
-    if len(src) != len(dst):
-        raise ValueError(f"{what}: {len(src)} tensors, the model has {len(dst)}")
-    for (sk, sv), (dk, dv) in zip(src, dst, strict=True):
-        if sv.shape != dv.shape:
-            raise ValueError(f"{what}: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
-    return {dk: sv for (_, sv), (dk, _) in zip(src, dst, strict=True)}
