@@ -45,7 +45,7 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int], str]] = {
     "demo": (DemoConfig, _lazy("raycat.demo", "run_demo"),
              "make a small synthetic dataset and run lr-find, train and predict on it"),
     "check": (CheckConfig, _lazy("raycat.check", "run_check"), "validate a dataset without training"),
-    "lr-find": (LrFindConfig, _lazy("raycat.train_job", "run_lr_find"), "learning-rate range test on the new head"),
+    "lr-find": (LrFindConfig, _lazy("raycat.lr_find_job", "run_lr_find"), "learning-rate range test on the new head"),
     "train": (TrainConfig, _lazy("raycat.train_job", "run_train"), "the staged fast.ai recipe on Ray Train"),
     "predict": (PredictConfig, _lazy("raycat.predict_job", "run_predict"), "batch inference with TTA"),
     "tune": (TuneConfig, _lazy("raycat.tune_job", "run_tune"), "a Ray Tune sweep over the recipe's settings"),

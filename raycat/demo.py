@@ -37,8 +37,9 @@ def demo_train_config(cfg: DemoConfig, data: str, out: str, kind: type = TrainCo
 
 
 def run_demo(cfg: DemoConfig) -> int:
+    from raycat.lr_find_job import lr_find_done, run_lr_find
     from raycat.predict_job import run_predict
-    from raycat.train_job import lr_find_done, run_lr_find, run_train
+    from raycat.train_job import run_train
 
     t0 = time.time()
     data = os.path.join(cfg.out, "data")

@@ -34,7 +34,8 @@ def trial_fn(config: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raycat.train_job import fit, write_train_outputs
+    from raycat.train_job import fit
+    from raycat.train_outputs import write_train_outputs
 
     trial_id = ray.tune.get_context().get_trial_id()
     number = trial_id.rpartition("_")[2]

@@ -26,8 +26,9 @@ def test_importing_the_whole_core_loads_no_ray_and_no_storage():
 ROOT = os.path.join(os.path.dirname(__file__), "..", "raycat")
 
 EDGE = {"storage", "layout", "outputs", "model_card", "weights", "report", "plots", "grids"}
-SHELL = {"pipeline", "train_worker", "train_job", "tune_job", "predict_job", "scoring", "scoring_pool", "listing",
-         "ray_session", "resume", "tracking", "group_watch", "console", "search_space", "faults"}
+SHELL = {"pipeline", "train_worker", "train_job", "train_outputs", "lr_find_job", "tune_job", "predict_job", "scoring",
+         "scoring_pool", "listing", "ray_session", "resume", "tracking", "group_watch", "console", "search_space",
+         "faults"}
 FACE = {"cli", "config", "errors", "demo", "check", "submit", "datasets", "__main__", "__init__"}
 PLAIN_DATA = {"config", "errors"}  # the face's dataclasses and exception classes: readable by edge and shell
 

@@ -133,7 +133,7 @@ def test_index_batches_cover_a_shard_once_or_cycle_a_short_one():
 
 
 def test_a_run_started_from_an_lr_find_run_s_state_takes_its_sweep_and_does_not_sweep_again():
-    """The demo's train starts from its lr-find run's state (train_job.lr_find_done): the sweep is
+    """The demo's train starts from its lr-find run's state (lr_find_job.lr_find_done): the sweep is
     not run again; the rate and curve are the lr-find run's; the epochs follow as after a resume."""
     import dataclasses
 

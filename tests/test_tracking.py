@@ -266,7 +266,7 @@ def test_a_tracker_that_fails_after_the_outputs_are_written_warns_and_the_run_st
     import torch
     from test_recipe import recipe, setup
 
-    from raycat import train_job
+    from raycat import train_job, train_outputs
     from raycat.config import TrainConfig
     from raycat.core.comm import LocalComm
     from raycat.core.recipe import SWEEP_UNLESS_LR, run
@@ -290,7 +290,7 @@ def test_a_tracker_that_fails_after_the_outputs_are_written_warns_and_the_run_st
         def fail(self):
             ended.append("FAILED")
 
-    metrics = train_job.finish_run(cfg, fitted, TrackerDown())
+    metrics = train_outputs.finish_run(cfg, fitted, TrackerDown())
     assert json.load(open(tmp_path / "out" / "metrics.json"))["valid_accuracy"] == metrics["valid_accuracy"]
     marker = json.load(open(tmp_path / "out" / "checkpoints" / "train" / "raycat_run.json"))
     assert marker["finished"] is True
