@@ -83,10 +83,10 @@ def baseline_epoch(loader, n: int) -> float:
 
 def raycat_epochs(paths: list[str], cores: int, runs: int) -> tuple[list[float], list[float]]:
     """(epoch-1 seconds, later-epoch seconds) of the Train worker's data path, `runs` each."""
-    from raycat import pipeline
     from raycat.config import steps_per_epoch
     from raycat.core.augment import AugmentSpec, augment
-    from raycat.train_worker import ShardData
+    from raycat.shell import pipeline
+    from raycat.shell.train_worker import ShardData
 
     spec, gen = AugmentSpec("side_on", 1.1), torch.Generator().manual_seed(0)
     first, later = [], []
@@ -118,7 +118,7 @@ def main() -> None:
                                          shuffle=True, persistent_workers=False)
     base = [baseline_epoch(loader, n) for _ in range(args.runs)]
 
-    from raycat import pipeline, ray_session
+    from raycat.shell import pipeline, ray_session
 
     torch.set_num_threads(cores)  # raycat's consumer: one process with a thread per core
     t = time.perf_counter()

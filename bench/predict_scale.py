@@ -9,7 +9,7 @@ with random weights at 32 px: the load, not the accuracy.
 With --listing, the listing alone, before and after flat folders were cut into ranges: a flat
 folder of 200,000 empty files (and of 20,000, for the driver's memory) and a flat prefix on a
 moto S3 server on loopback (smaller: moto lists a page in time linear in the bucket, and stores
-some 250 objects a second). "Before" is raycat/listing.py and storage.py at --baseline-ref, read
+some 250 objects a second). "Before" is raycat/shell/listing.py and storage.py at --baseline-ref, read
 with `git show` into modules of their own; "after" is this checkout. Each run is a child process
 of its own, which plans the units (the driver) and hands them to a pool of --procs processes
 started before the clock (the listing tasks; Ray's own fixed cost left out), so its peak RSS is
@@ -120,7 +120,7 @@ HEAD_MODULES = ("listing", "storage")
 
 
 def write_baseline(ref: str, into: str) -> str:
-    """raycat/listing.py and storage.py at `ref` as the modules baseline_listing and baseline_storage
+    """raycat/shell/listing.py and storage.py at `ref` as the modules baseline_listing and baseline_storage
     in `into` (the listing importing that storage, not this checkout's); returns the commit."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in HEAD_MODULES:
@@ -136,9 +136,9 @@ def write_baseline(ref: str, into: str) -> str:
 
 
 def _listing_module(version: str):
-    """This checkout's raycat.listing ("after") or the baseline's, from the folder `version` names."""
+    """This checkout's raycat.shell.listing ("after") or the baseline's, from the folder `version` names."""
     if version == "after":
-        from raycat import listing
+        from raycat.shell import listing
     else:
         if version not in sys.path:
             sys.path.insert(0, version)
@@ -309,7 +309,7 @@ clock, as predict's listing tasks (Ray's fixed cost left out). One flat folder o
 files (a local folder, and a prefix on moto's S3 server on loopback: smaller, as moto takes time linear
 in the bucket for each page, stores some 250 objects a second, and the baseline makes two HEADs a
 file). Ranges: 4,096 images on S3; 131,072 on a local folder (each of its ranges reads the whole
-directory), so 20,000 local or 2,000 S3 images are one range still. Before: raycat/listing.py and
+directory), so 20,000 local or 2,000 S3 images are one range still. Before: raycat/shell/listing.py and
 storage.py at {commit} (one unit for a flat folder; a stat per entry on the driver and again per file
 in the task; an S3 client made per call). After: this checkout (ranges of names: S3 lists each from
 its bound with StartAfter; the types the listing gave, no stat; one client a process). Medians of

@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from results import machine, write_random_model, write_section  # noqa: E402
 
 from raycat.datasets import SHAPES, draw_shape  # noqa: E402
-from raycat.ray_session import LEAN_ENV  # noqa: E402
+from raycat.shell.ray_session import LEAN_ENV  # noqa: E402
 
 CLASSES = list(SHAPES[:4])
 BATCH = 128
@@ -110,10 +110,10 @@ def plain_loop(model_dir: str, images: str, out: str, precision: str = "fp32") -
     import pyarrow.parquet as pq
     import torch
 
-    from raycat import model_card
     from raycat.core.augment import normalize
     from raycat.core.decode import decode_one
     from raycat.core.device import autocast, memory_format
+    from raycat.edge import model_card
 
     t = time.perf_counter()
     torch.set_num_threads(os.cpu_count() or 1)

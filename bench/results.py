@@ -50,8 +50,8 @@ def write_random_model(out: str, classes: list[str], size: int, arch: str = "res
     needs no model.pt2 (`export` writes one)."""
     import torch
 
-    from raycat import model_card
     from raycat.core.model import create_model
+    from raycat.edge import model_card
 
     torch.manual_seed(seed)
     model = create_model(arch, len(classes))

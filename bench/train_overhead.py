@@ -31,12 +31,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from results import machine, write_section  # noqa: E402
 
-from raycat import storage  # noqa: E402
 from raycat.core.augment import AugmentSpec, augment  # noqa: E402
 from raycat.core.decode import decode_one  # noqa: E402
 from raycat.core.model import create_model  # noqa: E402
 from raycat.datasets import make_shapes_dataset  # noqa: E402
-from raycat.layout import scan_layout  # noqa: E402
+from raycat.edge import storage  # noqa: E402
+from raycat.edge.layout import scan_layout  # noqa: E402
 
 EPOCHS = 3
 BS = 64

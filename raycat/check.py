@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from raycat.config import CheckConfig
-from raycat.layout import DatasetLayout, scan_layout
+from raycat.edge.layout import DatasetLayout, scan_layout
 
 
 def format_report(layout: DatasetLayout, good: dict[str, list[int]], skipped: list[tuple[str, str]]) -> str:
@@ -30,7 +30,7 @@ def format_report(layout: DatasetLayout, good: dict[str, list[int]], skipped: li
 
 def run_check(cfg: CheckConfig) -> int:
     layout = scan_layout(cfg.data, cfg.labels, cfg.valid_pct, cfg.seed)  # LayoutError -> exit 2 before Ray
-    from raycat import pipeline, ray_session
+    from raycat.shell import pipeline, ray_session
 
     ray_session.connect(cfg.address, cfg.verbose)
     good: dict[str, list[int]] = {}

@@ -45,10 +45,11 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int], str]] = {
     "demo": (DemoConfig, _lazy("raycat.demo", "run_demo"),
              "make a small synthetic dataset and run lr-find, train and predict on it"),
     "check": (CheckConfig, _lazy("raycat.check", "run_check"), "validate a dataset without training"),
-    "lr-find": (LrFindConfig, _lazy("raycat.lr_find_job", "run_lr_find"), "learning-rate range test on the new head"),
-    "train": (TrainConfig, _lazy("raycat.train_job", "run_train"), "the staged fast.ai recipe on Ray Train"),
-    "predict": (PredictConfig, _lazy("raycat.predict_job", "run_predict"), "batch inference with TTA"),
-    "tune": (TuneConfig, _lazy("raycat.tune_job", "run_tune"), "a Ray Tune sweep over the recipe's settings"),
+    "lr-find": (LrFindConfig, _lazy("raycat.shell.lr_find_job", "run_lr_find"),
+                "learning-rate range test on the new head"),
+    "train": (TrainConfig, _lazy("raycat.shell.train_job", "run_train"), "the staged fast.ai recipe on Ray Train"),
+    "predict": (PredictConfig, _lazy("raycat.shell.predict_job", "run_predict"), "batch inference with TTA"),
+    "tune": (TuneConfig, _lazy("raycat.shell.tune_job", "run_tune"), "a Ray Tune sweep over the recipe's settings"),
     "submit": (SubmitConfig, _lazy("raycat.submit", "run_submit"),
                "run jobs/JOB.py on the Ray cluster at $RAY_ADDRESS and follow its logs"),
 }
@@ -94,7 +95,7 @@ def _default(f) -> Any:
 
 def load_config_file(path: str) -> dict[str, Any]:
     """A JSON or YAML mapping of flag names (dashes or underscores) to values."""
-    from raycat import storage
+    from raycat.edge import storage
 
     data = storage.read_mapping(path, "--config")
     return {str(k).lstrip("-").replace("-", "_"): v for k, v in data.items()}

@@ -24,7 +24,7 @@ from raycat.core.schedules import steps_per_epoch
 from raycat.errors import ConfigError
 
 # Bodies (raycat/core/bodies.py): torchvision's ResNets by their names (core/names.py), any other
-# CNN of timm's zoo by its name; the default's ImageNet weights come with the install (raycat/weights.py).
+# CNN of timm's zoo by its name; the default's ImageNet weights come with the install (raycat/edge/weights.py).
 DEFAULT_ARCH = "tf_efficientnet_lite0"
 AUG_PRESETS = ("side_on", "top_down", "flip_shift", "none")
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -1,7 +1,7 @@
 """`raycat demo`: fast.ai's lesson on a synthetic dataset made on the spot (no download).
 
 The body is ImageNet-pretrained EfficientNet-Lite0, whose weights raycat's install brings
-(raycat/weights.py), and the run is the lesson's: lr_find on the head, the head on precomputed
+(raycat/edge/weights.py), and the run is the lesson's: lr_find on the head, the head on precomputed
 activations, the head with augmentation, unfreeze, lr_find again, differential rates, SGDR, TTA.
 """
 
@@ -37,9 +37,9 @@ def demo_train_config(cfg: DemoConfig, data: str, out: str, kind: type = TrainCo
 
 
 def run_demo(cfg: DemoConfig) -> int:
-    from raycat.lr_find_job import lr_find_done, run_lr_find
-    from raycat.predict_job import run_predict
-    from raycat.train_job import run_train
+    from raycat.shell.lr_find_job import lr_find_done, run_lr_find
+    from raycat.shell.predict_job import run_predict
+    from raycat.shell.train_job import run_train
 
     t0 = time.time()
     data = os.path.join(cfg.out, "data")

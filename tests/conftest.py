@@ -107,9 +107,9 @@ def ray_local(s3_server, tmp_path_factory):
     """One local Ray instance for the whole session: lean, but with the dashboard tune needs."""
     import ray
 
-    from raycat import faults, ray_session
+    from raycat.shell import faults, ray_session
 
-    # The fault-injection points (raycat/faults.py), inert until a test makes the hold file: Ray's
+    # The fault-injection points (raycat/shell/faults.py), inert until a test makes the hold file: Ray's
     # worker processes take this environment when the instance starts (the `hold` fixture).
     os.environ.update({faults.HOLD_FILE: os.path.join(tmp_path_factory.mktemp("hold"), "hold"),
                        faults.HOLD_AT_EPOCH: "1,2", faults.HOLD_AT_SHARD: "1"})
@@ -119,11 +119,11 @@ def ray_local(s3_server, tmp_path_factory):
 
 
 class Hold:
-    """A test's hold (raycat/faults.py): made on entering, so the job holds at the points the
+    """A test's hold (raycat/shell/faults.py): made on entering, so the job holds at the points the
     session named; `.wait(n)` the markers of n processes held; `.release()` lets them go on."""
 
     def __init__(self, path: str, points: str = ""):
-        self.path, self.points = path, points  # points: the file's own, e.g. "shard=5" (raycat/faults.py)
+        self.path, self.points = path, points  # points: the file's own, e.g. "shard=5" (raycat/shell/faults.py)
 
     def _clear(self) -> None:
         folder, name = os.path.split(self.path)
@@ -142,7 +142,7 @@ class Hold:
 
     def wait(self, n: int, timeout: float = 240, exclude=()) -> list[dict]:
         """The markers of n held processes (not counting those whose pid is in `exclude`)."""
-        from raycat import faults
+        from raycat.shell import faults
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -159,7 +159,7 @@ class Hold:
 
 @pytest.fixture
 def hold(ray_local):
-    from raycat import faults
+    from raycat.shell import faults
 
     with Hold(os.environ[faults.HOLD_FILE]) as h:
         yield h
@@ -168,7 +168,7 @@ def hold(ray_local):
 @pytest.fixture
 def hold_at(ray_local):
     """hold_at("shard=5"): a hold at the points the test names (context manager)."""
-    from raycat import faults
+    from raycat.shell import faults
 
     return lambda points: Hold(os.environ[faults.HOLD_FILE], points)
 

@@ -1,6 +1,6 @@
 """`--cache auto`: each worker keeps its decoded shard only when it fits the memory Ray gives it."""
 
-from raycat.train_job import WORKER_HEADROOM, cache_bytes, cache_fits
+from raycat.shell.train_job import WORKER_HEADROOM, cache_bytes, cache_fits
 
 GIB = 1024**3
 
@@ -25,7 +25,7 @@ def test_the_flag_forces_either_mode():
 
 def test_a_worker_reserves_its_activations_and_everyone_s_train_ones_below_the_gather_limit():
     from raycat.core.loop import GATHER_FEATURES_BYTES
-    from raycat.train_job import activations_bytes
+    from raycat.shell.train_job import activations_bytes
 
     # 2,000 train and 2,317 valid photos, 1,280 features (Lite0), two workers: its half of all, plus
     # every worker's train activations (gathered for the precompute stage).

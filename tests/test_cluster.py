@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from raycat import storage
 from raycat.datasets import make_shapes_dataset
+from raycat.edge import storage
 
 pytestmark = pytest.mark.integration
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +43,7 @@ def kill_cluster(temp_dir):
 def start_cluster(temp_dir):
     p = free_ports(12)
     # Ray Train looks for room to grow an elastic group every 2 s (the nodes' env reaches the jobs'
-    # drivers and the workers). The fault-injection points (raycat/faults.py) are named here, before
+    # drivers and the workers). The fault-injection points (raycat/shell/faults.py) are named here, before
     # any job runs: a Train group holds after the checkpoints of epochs LOSS_EPOCH and HOLD_EPOCH, a scoring actor
     # before its second shard, each only while the hold file exists (a test makes it before it
     # submits the job), and each writes a marker the test waits for.
@@ -201,7 +201,7 @@ ELASTIC_CYCLES, EPOCHS, LOSS_EPOCH, HOLD_EPOCH = 5, 5, 2, 3
 
 @pytest.fixture
 def hold(cluster):
-    """The cluster's hold (raycat/faults.py), made before the job starts (conftest.Hold)."""
+    """The cluster's hold (raycat/shell/faults.py), made before the job starts (conftest.Hold)."""
     from conftest import Hold
 
     with Hold(cluster["hold"]) as h:

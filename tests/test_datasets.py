@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 
 from raycat.datasets import make_shapes_dataset
-from raycat.layout import scan_layout
+from raycat.edge.layout import scan_layout
 
 
 def _digest(paths):

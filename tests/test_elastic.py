@@ -18,9 +18,9 @@ from ray.train.v2._internal.execution.controller.state import (
 )
 from ray.train.v2._internal.execution.scaling_policy import ResizeDecision
 
-from raycat import group_watch
 from raycat.cli import main
 from raycat.core.data import batch_share, loss_weight
+from raycat.shell import group_watch
 
 
 @pytest.mark.parametrize("value", ["3-2", "0-2", "0", "2-x", "1-2-3", "-2"])
@@ -213,7 +213,7 @@ def test_a_worker_keeps_its_decoded_shard_in_its_own_memory_and_writes_nothing(t
 
     from PIL import Image
 
-    from raycat import train_worker
+    from raycat.shell import train_worker
 
     def png(v):
         buf = io.BytesIO()
@@ -241,7 +241,7 @@ def test_a_sweep_s_trials_are_elastic_groups_and_the_sweep_counts_their_max():
     # Each trial is a `raycat train` (train_job.fit): its range reaches it whole; the sweep plans
     # its concurrency for the trials at MAX, so trials that grow back still fit.
     from raycat.config import Recipe, TrainResources, TuneConfig
-    from raycat.tune_job import max_concurrent
+    from raycat.shell.tune_job import max_concurrent
 
     sweep = TuneConfig(data="d", out="o", resources=TrainResources(workers="1-3"))
     trial = sweep.trial(Recipe(), "o/trials/t0").resources
@@ -284,7 +284,7 @@ def test_a_fixed_group_the_cluster_cannot_hold_says_it_waits_and_what_it_needs(r
 
 @pytest.mark.parametrize("world", [1, 2, 3, 7])
 def test_each_group_s_workers_cut_the_valid_set_into_parts_that_hold_each_file_once(world):
-    from raycat.train_worker import valid_part
+    from raycat.shell.train_worker import valid_part
 
     valid = ([f"v/{i}.jpg" for i in range(20)], [i % 3 for i in range(20)])
     parts = [valid_part(valid, r, world) for r in range(world)]

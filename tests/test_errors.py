@@ -1,7 +1,7 @@
 """One line a user can act on, from whatever wrapped the failure."""
 
+from raycat.edge.storage import StorageError
 from raycat.errors import describe_failure
-from raycat.storage import StorageError
 
 
 def wrapped(inner: BaseException) -> BaseException:

@@ -3,7 +3,7 @@ import os
 import pytest
 from images import encode, gradient_rgb
 
-from raycat.layout import LayoutError, is_image_name, scan_layout
+from raycat.edge.layout import LayoutError, is_image_name, scan_layout
 
 JPG = encode(gradient_rgb(), "JPEG")
 

@@ -11,7 +11,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from raycat import listing, storage
+from raycat.edge import storage
+from raycat.shell import listing
 
 
 def listed(images, classes):
@@ -253,7 +254,7 @@ def test_streamed_shards_are_the_units_shards_listed_in_parallel(tmp_path, monke
 
 def test_a_local_folder_is_listed_by_two_threads_at_most_object_storage_by_eight():
     """A local listing is fast and needs few; S3's waits on requests, so more run side by side."""
-    from raycat.listing import listing_threads
+    from raycat.shell.listing import listing_threads
 
     assert [listing_threads(n, "/data/images") for n in (1, 2, 10)] == [1, 2, 2]
     assert [listing_threads(n, "s3://b/images") for n in (1, 5, 10)] == [1, 5, 8]
@@ -271,7 +272,7 @@ def test_a_consumer_that_fails_mid_listing_leaves_nothing_that_holds_the_process
     touch(tmp_path, *[f"c{k}/{i:05d}.jpg" for k in range(4) for i in range(2000)])
     script = textwrap.dedent(f"""
         import sys
-        from raycat import listing
+        from raycat.shell import listing
         source, units = listing.plan_listing({str(tmp_path)!r}, ["c0", "c1", "c2", "c3"])
         rows = listing.stream_shards(units, source, ahead=1)
         next(rows)

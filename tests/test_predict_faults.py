@@ -19,8 +19,8 @@ from PIL import Image
 from results import write_random_model as write_model
 from test_reliability import png_header_only
 
-from raycat import storage
 from raycat.cli import main
+from raycat.edge import storage
 
 
 def predictions(uri):
@@ -90,7 +90,7 @@ def test_a_killed_predict_actor_is_replaced_and_every_image_is_scored_once(train
     """Two actors, each held before its second shard (a point named before the run starts:
     conftest's hold); one is SIGKILLed there, a shard in hand: its shards go to the other, and
     every image is scored exactly once."""
-    from raycat import listing
+    from raycat.shell import listing
 
     monkeypatch.setattr(listing, "SHARD_SIZE", 8)  # (the driver runs here) 72 images, 9 shards
     n = copies_of_valid(trained_run, str(tmp_path / "images"), 6)

@@ -14,10 +14,10 @@ import pytest
 import torch
 from images import bad_files
 
-from raycat import model_card, storage
 from raycat.cli import main
 from raycat.core.device import resolve_precision
 from raycat.core.metrics import confusion_matrix, precision_recall
+from raycat.edge import model_card, storage
 
 CHECK_OUTPUTS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bin", "check-outputs")
 
@@ -183,7 +183,7 @@ def test_a_killed_run_leaves_no_partial_outputs_and_a_rerun_completes(ray_local,
            "--tta", "8", "--batch-size", "8"]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     # Killed mid-scoring, decided before it starts: its one actor holds before its second shard (3
-    # class folders: 3 shards), the first one's part written (conftest's hold, raycat/faults.py).
+    # class folders: 3 shards), the first one's part written (conftest's hold, raycat/shell/faults.py).
     with hold_at("shard=1") as hold:
         proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=env)
@@ -213,7 +213,7 @@ def test_a_killed_driver_resumes_scoring_only_what_is_missing_and_ends_as_a_clea
     import predict_scale
     from results import write_random_model
 
-    from raycat import predict_job, scoring
+    from raycat.shell import predict_job, scoring
 
     model = write_random_model(str(tmp_path / "m"), predict_scale.CLASSES, 32)
     images = str(tmp_path / "images")

@@ -12,10 +12,11 @@ import pytest
 from predict_scale import CLASSES, make_images
 from results import write_random_model
 
-from raycat import listing, model_card, predict_job, storage
 from raycat.config import PredictConfig
+from raycat.edge import model_card, storage
 from raycat.errors import BadInput
-from raycat.scoring import Scorer, ScoringSpec
+from raycat.shell import listing, predict_job
+from raycat.shell.scoring import Scorer, ScoringSpec
 
 SIZE = 32
 
@@ -262,8 +263,8 @@ def test_a_run_cut_after_its_parts_moved_then_rerun_on_a_changed_listing_publish
 def test_an_actor_reads_ahead_a_bounded_number_of_files_whatever_the_shard(model_and_images, tmp_path, monkeypatch):
     """Reads run ahead of decoding, but an actor never holds a whole shard's bytes (512 large files
     would be gigabytes): at most read_ahead(batch) files are read and not yet decoded."""
-    from raycat import scoring
     from raycat.core import decode
+    from raycat.shell import scoring
 
     model, images = model_and_images
     paths = sorted(storage.list_files(images)) * 3  # 360 files in one shard
@@ -290,7 +291,7 @@ def test_an_actor_reads_ahead_a_bounded_number_of_files_whatever_the_shard(model
 
 def test_an_actor_reserves_the_memory_it_holds():
     """Its base, the files it reads ahead and a batch through the body: more for larger images."""
-    from raycat.scoring import BASE_BYTES, FILE_BYTES, actor_memory, read_ahead
+    from raycat.shell.scoring import BASE_BYTES, FILE_BYTES, actor_memory, read_ahead
 
     assert actor_memory(64, 224, 0) > actor_memory(64, 32, 0) > BASE_BYTES + read_ahead(64) * FILE_BYTES
     assert actor_memory(64, 224, 4) > actor_memory(64, 224, 0)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from raycat import ray_session
+from raycat.shell import ray_session
 
 
 def test_a_local_instance_is_lean_unless_verbose_or_full_ray_is_asked():
@@ -28,7 +28,7 @@ PROBE = """
 import json, os, sys
 sys.path.insert(0, {bench!r})
 from procs import cmdline, descendants
-from raycat import ray_session
+from raycat.shell import ray_session
 ray_session.connect(None)
 import ray._common.usage.usage_lib as usage
 cmds = [cmdline(p) for p in descendants(os.getpid())]

@@ -83,9 +83,9 @@ def exported(tmp_path_factory):
     """
     import torch
 
-    from raycat import model_card
     from raycat.core.decode import decode_one
     from raycat.core.model import create_model
+    from raycat.edge import model_card
 
     torch.manual_seed(0)
     model = create_model("resnet18", 3, stem="small_pool").eval()
@@ -108,10 +108,10 @@ def raycat_probs(out, images: list[bytes]):
     model (weights.pt), not model.pt2."""
     import torch
 
-    from raycat import model_card
     from raycat.core.decode import decode_one
     from raycat.core.evaluate import view_probs
     from raycat.core.tta import tta_views
+    from raycat.edge import model_card
 
     folder, card = model_card.find(str(out))
     views = tta_views(card.augment_spec(), 0, torch.Generator().manual_seed(0))

@@ -12,7 +12,7 @@ import pytest
 from procs import cmdline, descendants  # bench/procs.py (conftest puts bench/ on the path)
 
 from raycat.core.decode import DecodeError, load_image
-from raycat.layout import scan_layout
+from raycat.edge.layout import scan_layout
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -91,7 +91,7 @@ def test_a_killed_worker_is_replaced_and_a_killed_driver_is_resumed_by_the_same_
             time.sleep(0.2)
         return None
 
-    # Decided before the run starts (conftest's hold, raycat/faults.py): the group holds after the
+    # Decided before the run starts (conftest's hold, raycat/shell/faults.py): the group holds after the
     # checkpoints of epochs 1 and 2, so each fault lands mid-run whatever the speed of an epoch.
     assert [m["count"] for m in hold.wait(1, 300)] == [1]
     assert registered(1) is not None, "the run did not get going"  # the precompute epoch is done

@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
-from raycat import report
+from raycat.edge import report
 
 EVIL = "<script>alert(1)</script>"
 AWKWARD_PATH = 'data/cats & dogs/"odd".jpg'
@@ -237,7 +237,7 @@ def _row(epoch):
 
 def test_the_live_page_of_a_run_into_a_fresh_out_is_report_html_and_shows_each_kept_epoch(tmp_path):
     from raycat.config import TrainConfig
-    from raycat.report import LiveReport
+    from raycat.edge.report import LiveReport
 
     cfg = TrainConfig(data=str(tmp_path / "d"), out=str(tmp_path / "out"), command="raycat train d --out out")
     live = LiveReport(cfg, "no weights", ["a", "b"], {"n_train": 4, "n_valid": 2, "n_skipped": 0})
@@ -252,7 +252,7 @@ def test_a_run_into_an_out_holding_a_finished_run_leaves_that_run_whole(tmp_path
     """An OUT with metrics.json holds one whole run: a rerun that fails part-way must not leave
     the earlier run's files beside a page of its own. The live page goes to report.live.html."""
     from raycat.config import TrainConfig
-    from raycat.report import LiveReport
+    from raycat.edge.report import LiveReport
 
     out = tmp_path / "out"
     out.mkdir()

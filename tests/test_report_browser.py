@@ -14,7 +14,7 @@ import pytest
 from browser import VIEWPORT, check_page, launch, missing
 from PIL import Image
 
-from raycat import plots, report
+from raycat.edge import plots, report
 
 pytestmark = pytest.mark.integration
 

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from raycat import resume
 from raycat.config import Recipe, TrainConfig, TrainResources
 from raycat.errors import BadInput
+from raycat.shell import resume
 
 CLASSES = ["cat", "dog"]
 SPLIT = "0123456789abcdef"
@@ -83,7 +83,7 @@ def test_lr_find_always_sweeps_afresh(tmp_path):
 def test_a_rerun_on_another_split_is_refused(tmp_path):
     """Another --valid-pct, or another --labels file, is another split: resuming would validate on
     images the checkpoints trained on."""
-    from raycat.layout import scan_layout
+    from raycat.edge.layout import scan_layout
 
     root = tmp_path / "data"
     for c in ("cat", "dog"):

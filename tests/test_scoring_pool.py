@@ -1,7 +1,7 @@
-"""The scoring pool (raycat/scoring_pool.py) on the session's Ray: work only to actors that are up,
+"""The scoring pool (raycat/shell/scoring_pool.py) on the session's Ray: work only to actors that are up,
 an actor lost any number of times, one dead for good while another lives, none left, more actors
 than the instance holds; every shard scored once. Each fault lands at a point the test names
-before the run starts (conftest's `hold`, raycat/faults.py)."""
+before the run starts (conftest's `hold`, raycat/shell/faults.py)."""
 
 import json
 import os
@@ -13,9 +13,10 @@ from predict_scale import CLASSES, make_images
 from results import write_random_model
 from test_predict_faults import predictions
 
-from raycat import listing, model_card, scoring_pool
 from raycat.cli import main
-from raycat.scoring import ScoringSpec
+from raycat.edge import model_card
+from raycat.shell import listing, scoring_pool
+from raycat.shell.scoring import ScoringSpec
 
 pytestmark = pytest.mark.integration
 SIZE = 32

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from raycat import storage
+from raycat.edge import storage
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):

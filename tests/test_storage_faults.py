@@ -7,7 +7,7 @@ import time
 import boto3
 import pytest
 
-from raycat import storage
+from raycat.edge import storage
 
 
 def keys(proxy, bucket, prefix):

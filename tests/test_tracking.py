@@ -12,7 +12,8 @@ import tempfile
 
 import pytest
 
-from raycat import storage, tracking
+from raycat.edge import storage
+from raycat.shell import tracking
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -208,7 +209,7 @@ def test_epochs_are_numbered_by_their_index_in_the_run_s_history(ray_local):
     kept: an epoch trained again after a lost node is logged once, with the values the run kept."""
     import io
 
-    from raycat import console
+    from raycat.shell import console
 
     seen = []
     relay = console.Relay(out=io.StringIO(), on_epoch=lambda row, i: seen.append((row["loss"], i)))
@@ -244,7 +245,7 @@ def test_a_sweep_writes_tensorboard_files_with_tensorboard_tracking_and_none_wit
     def trainable(config):
         tune.report({"valid_loss": config["x"]})
 
-    from raycat.tune_job import _keep_credentials_out_of_runtime_envs
+    from raycat.shell.tune_job import _keep_credentials_out_of_runtime_envs
 
     _keep_credentials_out_of_runtime_envs()  # as `raycat tune` does: the canary tests scan Ray's logs
     for kind in ("tensorboard", "none"):
@@ -266,11 +267,11 @@ def test_a_tracker_that_fails_after_the_outputs_are_written_warns_and_the_run_st
     import torch
     from test_recipe import recipe, setup
 
-    from raycat import train_job, train_outputs
     from raycat.config import TrainConfig
     from raycat.core.comm import LocalComm
     from raycat.core.recipe import SWEEP_UNLESS_LR, run
-    from raycat.train_worker import WorkerResult
+    from raycat.shell import train_job, train_outputs
+    from raycat.shell.train_worker import WorkerResult
 
     r = recipe(unfrozen_cycles=1, precompute_epochs=0, head_cycles=0, tta=0)
     model, data = setup()

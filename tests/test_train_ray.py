@@ -100,10 +100,10 @@ def test_accuracy_is_well_above_chance_and_metrics_agree(trained):
 def test_valid_images_worth_a_look_are_the_saved_model_s_highest_losses(trained_run):
     # The grids' rows name each valid image by its path (gathered from 2 workers) and must agree
     # with scoring that file again with the saved model: a row mapped to the wrong path would not.
-    from raycat import model_card
     from raycat.core.decode import decode_one
     from raycat.core.evaluate import view_probs
     from raycat.core.tta import tta_views
+    from raycat.edge import model_card
 
     out, data = trained_run["out"], trained_run["data"]
     folder, card = model_card.find(out)
@@ -139,10 +139,10 @@ def test_stream_mode_reads_every_epoch_from_storage_and_trains_the_same_epochs(t
     first epoch (memory mode would never read it again) is seen, skipped and reported by a later
     epoch, and the run still ends with all its epochs. The body is EfficientNet-Lite0, whose input
     statistics are not ImageNet's: the card says so, and predict scores with them."""
-    from raycat import model_card
     from raycat.cli import main
     from raycat.core.decode import decode_one
     from raycat.core.device import resolve_precision
+    from raycat.edge import model_card
 
     data = str(tmp_path / "data")
     shutil.copytree(trained_run["data"], data)

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from raycat import storage
 from raycat.config import Recipe
 from raycat.core.comm import LocalComm
 from raycat.core.data import TensorData
@@ -21,7 +20,8 @@ from raycat.core.decode import decode_one
 from raycat.core.model import create_model, load_weights
 from raycat.core.recipe import run
 from raycat.datasets import make_shapes_dataset
-from raycat.layout import scan_layout
+from raycat.edge import storage
+from raycat.edge.layout import scan_layout
 
 pytestmark = pytest.mark.slow
 SIZE = 32

@@ -9,8 +9,8 @@ import pytest
 from raycat.cli import main, parse_config
 from raycat.config import ConfigError, Recipe, TrainResources, TuneConfig
 from raycat.datasets import make_shapes_dataset
-from raycat.search_space import DEFAULT_SPACE, TUNABLE, load_space
-from raycat.tune_job import max_concurrent
+from raycat.shell.search_space import DEFAULT_SPACE, TUNABLE, load_space
+from raycat.shell.tune_job import max_concurrent
 
 
 def test_space_file_overrides_defaults(tmp_path):
@@ -193,7 +193,7 @@ def test_labels_and_valid_pct_reach_every_command_s_layout(tmp_path, command, ca
 def test_weights_out_of_reach_exit_2_before_any_trial(tmp_path, monkeypatch, capsys):
     """Offline, `--weights imagenet` for a body whose weights no package holds is refused before
     Ray starts, as train refuses it; it used to fail every trial after cluster time."""
-    from raycat import weights
+    from raycat.edge import weights
 
     monkeypatch.setattr(weights, "_from_library", lambda arch, family: None)  # offline, nothing cached
     data = make_shapes_dataset(str(tmp_path / "d"), classes=("circle", "square"), n_train=4, n_valid=2, seed=0)

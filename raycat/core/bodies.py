@@ -14,7 +14,7 @@ A body is known by its `--arch` name. What this module knows of each:
 
 Only CNN bodies whose `forward_features` gives (N, C, H, W) are taken (concat pooling and fast.ai's
 head sit on that); a ViT's tokens or a Swin's NHWC map are refused by name. Where a body's ImageNet
-weights are found (an installed package, a hub, a file) is the edge's business (raycat/weights.py).
+weights are found (an installed package, a hub, a file) is the edge's business (raycat/edge/weights.py).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _timm():
 
 def timm_network(arch: str, pretrained: bool = False) -> nn.Module:
     """timm's whole network `arch` (its classifier too): the names and shapes a weight file of it
-    holds. `pretrained` asks timm for its ImageNet weights (its hub download: raycat/weights.py
+    holds. `pretrained` asks timm for its ImageNet weights (its hub download: raycat/edge/weights.py
     decides when)."""
     return _timm().create_model(arch, pretrained=pretrained)
 
@@ -211,7 +211,7 @@ def _early_names(net: nn.Module, names: list[str]) -> list[str]:
 # ---- building --------------------------------------------------------------------------------
 
 def build(arch: str, stem: str = "imagenet") -> nn.Module:
-    """The body `arch` names, freshly initialised (weights come from the edge: raycat/weights.py),
+    """The body `arch` names, freshly initialised (weights come from the edge: raycat/edge/weights.py),
     with `n_features` and `split()`. A stem other than ImageNet's is for torchvision's ResNets."""
     family = info(arch).family
     if stem != "imagenet" and family != "torchvision":

@@ -68,7 +68,7 @@ class Classifier(nn.Module):
 
 def create_model(arch: str, n_classes: int, stem: str = "imagenet") -> Classifier:
     """A classifier for `n_classes` on the body `arch` names (core/bodies.py), freshly initialised:
-    ImageNet's or a file's weights are loaded into it by the caller (raycat/weights.py,
+    ImageNet's or a file's weights are loaded into it by the caller (raycat/edge/weights.py,
     load_weights)."""
     info = bodies.info(arch)
     return Classifier(bodies.build(arch, stem), n_classes, info.mean, info.std)

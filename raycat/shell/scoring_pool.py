@@ -23,8 +23,8 @@ import time
 from collections import deque
 from typing import Iterable, Iterator
 
-from raycat.listing import shard_of
-from raycat.scoring import Scorer, ScoringSpec
+from raycat.shell.listing import shard_of
+from raycat.shell.scoring import Scorer, ScoringSpec
 
 IN_FLIGHT = 2  # shards queued per actor: one scoring, the next waiting
 MAX_SHARD_TRIES = 4  # actors a shard may lose before the run gives up on it
@@ -166,7 +166,7 @@ class ScorerPool:
                 yield summary
 
     def waiting_line(self, waited: float) -> str:
-        from raycat import group_watch
+        from raycat.shell import group_watch
 
         line = group_watch.waiting_line(waited, len(self.actors), self.per_actor, group_watch.free_by_node())
         return line.replace("worker(s)", "scoring actor(s)", 1)

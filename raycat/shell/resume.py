@@ -22,8 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from raycat import storage
 from raycat.config import TrainConfig, to_dict
+from raycat.edge import storage
 from raycat.errors import BadInput
 
 MARKER = "raycat_run.json"

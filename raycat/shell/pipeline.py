@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from raycat import storage
+from raycat.edge import storage
 
 READ_BATCH = 32  # files per read task call: amortises the task's overhead, keeps blocks small
 NO_ERROR = ""  # the `error` column of a good row; any other value is why the file was skipped

@@ -22,13 +22,13 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from raycat import faults
 from raycat.config import Recipe
 from raycat.core.data import Batch, batch_share, index_batches, loss_weight
 from raycat.core.decode import decode_batch
 from raycat.core.device import to_device
 from raycat.core.recipe import SWEEP_ALWAYS, RecipeState
-from raycat.pipeline import files_dataset, good_rows
+from raycat.shell import faults
+from raycat.shell.pipeline import files_dataset, good_rows
 
 STATE_FILE = "recipe_state.pt"
 RUN_FILE = "run_info.json"  # beside the state: the workers' nodes and the files they skipped
@@ -202,11 +202,11 @@ def train_loop(plan: WorkerPlan) -> None:
     import ray.train
     import ray.train.torch
 
-    from raycat import console
     from raycat.core import recipe as core_recipe
     from raycat.core.comm import LocalComm, TorchComm
     from raycat.core.device import resolve_precision, use_cpu_threads
     from raycat.core.model import create_model
+    from raycat.shell import console
 
     _quiet_train_reports()
     r = plan.recipe
@@ -261,7 +261,7 @@ def train_loop(plan: WorkerPlan) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        # Inert unless a test set it (raycat/faults.py): the group waits here, its checkpoint kept.
+        # Inert unless a test set it (raycat/shell/faults.py): the group waits here, its checkpoint kept.
         faults.hold("train", faults.HOLD_AT_EPOCH, len(state.history), {"workers": world, "node": node})
 
     state = previous.state if previous else (ray.get(plan.start) if plan.start is not None else RecipeState())

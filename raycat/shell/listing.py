@@ -36,9 +36,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
-from raycat import storage
+from raycat.edge import storage
+from raycat.edge.layout import IMAGE_EXTENSIONS, is_image_name
 from raycat.errors import BadInput
-from raycat.layout import IMAGE_EXTENSIONS, is_image_name
 
 SHARD_SIZE = 512  # images a shard: one actor call, one Parquet part, the unit of resume
 # Shards in an S3 range of a flat prefix (4,096 images, about 4 pages of a listing): big enough

@@ -26,11 +26,12 @@ import resource
 import time
 from dataclasses import dataclass, field
 
-from raycat import grids, listing, model_card, outputs, storage
 from raycat.config import PredictConfig
+from raycat.edge import grids, model_card, outputs, storage
+from raycat.edge.layout import IMAGE_EXTENSIONS
 from raycat.errors import BadInput
-from raycat.layout import IMAGE_EXTENSIONS
-from raycat.scoring import DONE, PARTS, ScoringSpec, actor_memory, part_name
+from raycat.shell import listing
+from raycat.shell.scoring import DONE, PARTS, ScoringSpec, actor_memory, part_name
 
 RUN_DIR = ".raycat-predict"
 RUN_NOTE = "run.json"
@@ -103,7 +104,7 @@ def prepare_run(run: str, settings: dict) -> set[str]:
             if done:
                 print(f"raycat predict: resuming the unfinished run in {run}: {len(done)} shard(s) already scored")
             return done
-        from raycat.resume import differences
+        from raycat.shell.resume import differences
 
         # (a digest says only that the model changed)
         changed = "; ".join(d.split(":")[0] if d.startswith("model_digest") else d
@@ -123,8 +124,8 @@ def run_predict(cfg: PredictConfig) -> int:
     outputs.check_writable(cfg.out)
     outputs.check_space(cfg.out, 64 * outputs.MB, "the predictions' first parts and the plots")
 
-    from raycat import ray_session
-    from raycat.scoring_pool import ScorerPool
+    from raycat.shell import ray_session
+    from raycat.shell.scoring_pool import ScorerPool
 
     ray_session.connect(cfg.resources.address, cfg.resources.verbose)
     res = cfg.resources
@@ -180,7 +181,7 @@ def check_room(res, cpus: int, memory: int) -> None:
     scores with the actors that are up and says what it waits for while none is."""
     if res.address is not None or os.environ.get("RAY_ADDRESS"):
         return
-    from raycat import group_watch, ray_session
+    from raycat.shell import group_watch, ray_session
 
     per_actor = {"CPU": cpus, **({"GPU": 1} if res.gpu else {}), "memory": memory}
     room = group_watch.workers_that_fit(ray_session.node_totals(), per_actor)
@@ -206,7 +207,7 @@ def write_predict_outputs(cfg: PredictConfig, folder: str, card, run: str, tally
     import torch
 
     def write_files() -> None:
-        from raycat import report
+        from raycat.edge import report
 
         publish_predictions(run, out, tally)
         images, confused = {}, []

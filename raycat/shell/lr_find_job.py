@@ -3,10 +3,10 @@ and the state a later `raycat train` starts from to reuse its sweep (the demo: l
 
 from __future__ import annotations
 
-from raycat import outputs, storage
 from raycat.config import LrFindConfig
 from raycat.core.recipe import SWEEP_ONLY
-from raycat.train_job import FitResult, fit
+from raycat.edge import outputs, storage
+from raycat.shell.train_job import FitResult, fit
 
 
 def lr_find_done(lr_found: FitResult, source: str):

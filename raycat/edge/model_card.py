@@ -9,7 +9,8 @@ import io
 import json
 from dataclasses import asdict, dataclass
 
-from raycat import __version__, storage
+from raycat import __version__
+from raycat.edge import storage
 from raycat.errors import BadInput
 
 CARD, WEIGHTS, EXPORTED = "model.json", "weights.pt", "model.pt2"
@@ -49,7 +50,7 @@ class ModelCard:
         from raycat.config import AUG_PRESETS
         from raycat.core import bodies
         from raycat.core.augment import IMAGENET_MEAN, IMAGENET_STD
-        from raycat.layout import unsafe_class_names
+        from raycat.edge.layout import unsafe_class_names
 
         try:
             card = cls(arch=data["arch"], classes=list(data["classes"]), size=int(data["size"]),

@@ -4,7 +4,7 @@ set; the rows come from core.metrics.worth_a_look, named by metrics.name_rows.""
 
 from __future__ import annotations
 
-from raycat import outputs, storage
+from raycat.edge import outputs, storage
 
 # file stem -> (what the grid shows, how each image is titled, the CSV's columns)
 GRIDS = {
@@ -22,7 +22,7 @@ def write(out: str, name: str, card, rows: list) -> bytes | None:
     """OUT/NAME.csv (the rows behind the grid) and OUT/NAME.png (the images, titled as fast.ai's
     plot_top_losses), whose bytes it returns (None without rows). Thumbnails are read back from the
     images' own paths, at least 96 px."""
-    from raycat import plots
+    from raycat.edge import plots
 
     what, heading, columns = GRIDS[name]
     outputs.write_csv(storage.join(out, f"{name}.csv"), columns, rows)

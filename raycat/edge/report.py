@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from raycat import storage
+from raycat.edge import storage
 
 if TYPE_CHECKING:
     from raycat.config import TrainConfig
@@ -419,7 +419,7 @@ def metric_plot_png(trials: list[dict], metric: str, searched: list[str]) -> byt
     """One small panel per searched setting: the metric (y, shared) against the setting (x; log for
     rates and for values spread over two decades). Trials ASHA stopped are hollow red rings: their
     metric is the last one reported, from a shorter run."""
-    from raycat import plots  # matplotlib: only a sweep's report draws
+    from raycat.edge import plots  # matplotlib: only a sweep's report draws
 
     keys = list(searched) or ["trial_id"]
     cols = min(4, len(keys))

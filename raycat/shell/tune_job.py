@@ -13,11 +13,12 @@ import dataclasses
 import json
 import math
 
-from raycat import faults, outputs, plots, report, storage
 from raycat.config import Recipe, TuneConfig, to_dict
 from raycat.core.recipe import SWEEP_UNLESS_LR, plan, sweeps_for
-from raycat.layout import scan_layout
-from raycat.search_space import load_space, n_trials, to_tune
+from raycat.edge import outputs, plots, report, storage
+from raycat.edge.layout import scan_layout
+from raycat.shell import faults
+from raycat.shell.search_space import load_space, n_trials, to_tune
 
 TRIAL_COLUMNS_TAIL = ["valid_loss", "accuracy", "units_done", "status"]
 TRIAL_DRIVER_MEMORY = 512 << 20  # bytes: a trial's own process, besides its Train workers
@@ -34,12 +35,12 @@ def trial_fn(config: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raycat.train_job import fit
-    from raycat.train_outputs import write_train_outputs
+    from raycat.shell.train_job import fit
+    from raycat.shell.train_outputs import write_train_outputs
 
     trial_id = ray.tune.get_context().get_trial_id()
     number = trial_id.rpartition("_")[2]
-    if number.isdigit():  # inert unless a test set it (raycat/faults.py)
+    if number.isdigit():  # inert unless a test set it (raycat/shell/faults.py)
         faults.hold("tune", faults.HOLD_AT_TRIAL, int(number), {"trial_id": trial_id})
     sweep: TuneConfig = config["_sweep"]
     cfg = sweep.trial(trial_recipe(config), storage.join(sweep.out, "trials", trial_id))
@@ -88,14 +89,14 @@ def space_archs(space: dict, default: str) -> list[str]:
 
 
 def run_tune(cfg: TuneConfig) -> int:
-    from raycat import tracking
+    from raycat.shell import tracking
 
     tracking.require(cfg.tracking)
     layout = scan_layout(cfg.data, cfg.labels, cfg.valid_pct, cfg.recipe.seed)  # errors: exit 2, before Ray
     space = load_space(cfg.space)
     outputs.check_writable(cfg.out)
-    from raycat import weights
     from raycat.core.model import create_model
+    from raycat.edge import weights
 
     # The trials' starting weights, checked here as train checks them: offline, `--weights imagenet`
     # for a body without installed weights is exit 2 now, not an error in every trial later.
@@ -111,7 +112,7 @@ def run_tune(cfg: TuneConfig) -> int:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from raycat import ray_session
+    from raycat.shell import ray_session
 
     ray_session.connect(cfg.resources.address, cfg.resources.verbose, dashboard=True)
     _keep_credentials_out_of_runtime_envs()

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from raycat import storage
+from raycat.edge import storage
 from raycat.errors import ConfigError
 
 EXPERIMENT = "raycat"

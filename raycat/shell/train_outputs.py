@@ -7,11 +7,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from raycat import grids, model_card, outputs, report, resume, storage
+from raycat.edge import grids, model_card, outputs, report, storage
+from raycat.shell import resume
 
 if TYPE_CHECKING:
     from raycat.config import TrainConfig
-    from raycat.train_job import FitResult
+    from raycat.shell.train_job import FitResult
 
 HISTORY_COLUMNS = ["stage", "epoch", "lr", "train_loss", "valid_loss", "accuracy", "seconds", "valid_seconds"]
 
@@ -19,9 +20,10 @@ HISTORY_COLUMNS = ["stage", "epoch", "lr", "train_loss", "valid_loss", "accuracy
 def write_train_outputs(cfg: TrainConfig, fitted: FitResult, extra: dict, lr_find_note: bool = True) -> dict:
     """The contract's files, metrics.json last. `lr_find_note`: a run that swept nothing writes
     lr_find.csv and .png saying so (`raycat train --lr`; a tune trial writes none)."""
-    from raycat import __version__, plots
+    from raycat import __version__
     from raycat.core import bodies
     from raycat.core.schedules import GROUP_NAMES
+    from raycat.edge import plots
 
     out, r, state = cfg.out, cfg.recipe.resolved(), fitted.result.state
     f = state.final
@@ -119,7 +121,7 @@ def finish_run(cfg: TrainConfig, fitted: FitResult, tracker) -> dict:
     after the outputs is best-effort: a tracker that fails here warns and the command still
     succeeds (failing it would make a job retry find the run finished, delete its checkpoints and
     train again, for outputs that are already whole)."""
-    from raycat import tracking
+    from raycat.shell import tracking
 
     try:
         metrics = write_train_outputs(cfg, fitted, {})

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from raycat import storage
 from raycat.config import Recipe
+from raycat.edge import storage
 from raycat.errors import ConfigError
 
 # key -> spec. A spec is {"loguniform": [lo, hi]}, {"uniform": [lo, hi]}, {"randint": [lo, hi]},

@@ -13,7 +13,7 @@ import os
 import shutil
 from typing import Any, Callable, Iterable
 
-from raycat import plots, storage
+from raycat.edge import plots, storage
 from raycat.errors import BadInput
 
 

@@ -8,13 +8,14 @@ import os
 import time
 from dataclasses import dataclass
 
-from raycat import outputs, report, resume, storage, weights
 from raycat.config import TrainConfig
 from raycat.core.loop import GATHER_FEATURES_BYTES
 from raycat.core.recipe import SWEEP_ALWAYS, SWEEP_ONLY, SWEEP_UNLESS_LR
+from raycat.edge import outputs, report, storage, weights
+from raycat.edge.layout import scan_layout
 from raycat.errors import BadInput
-from raycat.layout import scan_layout
-from raycat.train_worker import WorkerResult
+from raycat.shell import resume
+from raycat.shell.train_worker import WorkerResult
 
 # Heap a Train worker needs besides its cache of decoded images: torch, the model, its gradients and
 # optimizer state, activations of a batch (generous for resnet50 at 224 px, batch 64).
@@ -131,8 +132,8 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raycat import console, group_watch, pipeline, ray_session
-    from raycat.train_worker import WorkerPlan, load_result, train_loop
+    from raycat.shell import console, group_watch, pipeline, ray_session
+    from raycat.shell.train_worker import WorkerPlan, load_result, train_loop
 
     ray_session.connect(res.address, res.verbose)
     ray_up_at = time.time()
@@ -207,8 +208,8 @@ def fit(cfg: TrainConfig, sweeps: str = SWEEP_ALWAYS, callbacks=None, resumable:
 
 
 def run_train(cfg: TrainConfig, start=None) -> int:
-    from raycat import tracking
     from raycat.config import to_dict
+    from raycat.shell import tracking
 
     t0 = time.time()
     tracking.require(cfg.tracking)
@@ -229,7 +230,7 @@ def run_train(cfg: TrainConfig, start=None) -> int:
         if tracker is not None:
             tracking.fail(tracker)
         raise
-    from raycat.train_outputs import finish_run
+    from raycat.shell.train_outputs import finish_run
 
     finish_run(cfg, fitted, tracker)
     f = fitted.result.state.final
