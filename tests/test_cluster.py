@@ -49,13 +49,15 @@ def start_cluster(temp_dir):
     # submits the job), and each writes a marker the test waits for.
     # A start at the old size that waits for the lost node gives up after 10 s here (raycat's 30 s
     # is for real clusters; a retry costs nothing).
-    # The GCS declares a silent node dead after 3 missed 1 s health checks (Ray's defaults, 5 x 3 s
-    # after a 5 s grace, are for real networks; the loss is a kill on loopback).
+    # The GCS asks each node every second and declares it dead after 5 failed checks in a row: a
+    # killed raylet fails each at once (about 5 s to notice the loss), while a raylet that is alive
+    # but slow on a busy machine has 5 s to answer each, about 30 s in all (with 1 s to answer, a
+    # returning node was declared dead while it started, on a machine whose other core was busy).
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAYCAT_RESIZE_INTERVAL_S": "2",
            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10", "RAYCAT_TESTING_HOLD_FILE": os.path.join(temp_dir, "hold"),
            "RAYCAT_TESTING_HOLD_AT_EPOCH": f"{LOSS_EPOCH},{HOLD_EPOCH}", "RAYCAT_TESTING_HOLD_AT_SHARD": "1",
-           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
-           "RAY_health_check_timeout_ms": "1000",
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5",
+           "RAY_health_check_timeout_ms": "5000",
            # Two workers of 2 threads share these 2 cores: OpenMP's spinning waits made their epochs
            # 7x those of 1-thread workers; sleeping waits halve that.
            "OMP_WAIT_POLICY": "PASSIVE"}
