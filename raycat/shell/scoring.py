@@ -104,7 +104,7 @@ class Scorer:
     Python, so tests run it in one process."""
 
     def __init__(self, spec: ScoringSpec):
-        from raycat.core.device import pick_device, resolve_precision, use_cpu_threads
+        from raycat.core.device import memory_format, pick_device, resolve_precision, use_cpu_threads
         from raycat.edge import model_card
 
         use_cpu_threads(spec.cpus)
@@ -112,7 +112,8 @@ class Scorer:
         self.card = model_card.ModelCard.parse(spec.card, spec.model)
         self.device = pick_device(spec.gpu)
         self.precision = resolve_precision(spec.precision, self.device)
-        self.model = model_card.load(spec.model, self.card).to(self.device)
+        fmt = memory_format(self.device, self.precision)  # the model's weights in the layout its input comes in
+        self.model = model_card.load(spec.model, self.card).to(self.device, memory_format=fmt)
         # Threads that wait on storage (not counted in the reservation: they are idle while waiting),
         # and threads that decode (as many as the CPUs reserved).
         self.io_pool = ThreadPoolExecutor(max_workers=IO_THREADS)
