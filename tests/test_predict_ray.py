@@ -226,9 +226,12 @@ def test_a_killed_driver_resumes_scoring_only_what_is_missing_and_ends_as_a_clea
     done = out / predict_job.RUN_DIR / scoring.DONE
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
 
-    def scored() -> tuple[int, int]:  # (shards, images) whose summary is written (a temporary sibling is hidden)
+    def scored() -> tuple[int, int]:  # (shards, images scored or skipped) whose summary is written
         names = [f for f in os.listdir(done) if f.endswith(".json") and not f.startswith(".")] if done.exists() else []
-        return len(names), sum(json.load(open(done / f))["n_scored"] for f in names)
+        summaries = [json.load(open(done / f)) for f in names]  # (a temporary sibling is hidden)
+        # resumed_images counts a shard's images whether scored or skipped (every 100th is unreadable;
+        # which shards are done first follows the listing, so some hold unreadable ones)
+        return len(names), sum(s["n_scored"] + len(s["skipped"]) for s in summaries)
 
     with hold_at("shard=6") as hold:
         proc = subprocess.Popen([sys.executable, "-m", "raycat", *args(str(out))], start_new_session=True, env=env,
