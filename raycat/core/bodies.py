@@ -31,8 +31,6 @@ from raycat.core.augment import IMAGENET_MEAN, IMAGENET_STD
 from raycat.core.errors import BadInput
 from raycat.core.names import STEMS, TORCHVISION_ARCHS  # noqa: F401 - (bodies.STEMS: what build() takes)
 
-TORCHVISION = TORCHVISION_ARCHS
-
 
 class UnknownArch(BadInput):
     """--arch names no body raycat can build (exit 2); the message names close ones."""
@@ -64,11 +62,11 @@ def timm_network(arch: str, pretrained: bool = False) -> nn.Module:
 @lru_cache(maxsize=None)
 def info(arch: str) -> BodyInfo:
     """What raycat knows of `arch` without building it; UnknownArch for a name no library knows."""
-    if arch in TORCHVISION:
+    if arch in TORCHVISION_ARCHS:
         return BodyInfo(arch, "torchvision", IMAGENET_MEAN, IMAGENET_STD, 224, "bilinear")
     timm = _timm()
     if not timm.is_model(arch):
-        raise UnknownArch(f"--arch {arch}: not a torchvision ResNet ({', '.join(TORCHVISION)}) nor a timm model"
+        raise UnknownArch(f"--arch {arch}: not a torchvision ResNet ({', '.join(TORCHVISION_ARCHS)}) nor a timm model"
                           f"{_close(arch)}")
     cfg = timm.models.get_pretrained_cfg(arch)  # (its default tag's, for a name without one)
     mean = tuple(float(v) for v in (cfg.mean if cfg is not None else IMAGENET_MEAN))
@@ -80,7 +78,7 @@ def info(arch: str) -> BodyInfo:
 def _close(arch: str) -> str:
     import difflib
 
-    names = [*TORCHVISION, *_timm().list_models()]
+    names = [*TORCHVISION_ARCHS, *_timm().list_models()]
     want = arch.lower().replace("-", "_")
     close = difflib.get_close_matches(want, names, n=5, cutoff=0.6)
     close += [n for n in _timm().list_models(want + "*")[:5] if n not in close]  # a prefix: vit_tiny
@@ -215,5 +213,6 @@ def build(arch: str, stem: str = "imagenet") -> nn.Module:
     with `n_features` and `split()`. A stem other than ImageNet's is for torchvision's ResNets."""
     family = info(arch).family
     if stem != "imagenet" and family != "torchvision":
-        raise UnknownArch(f"--stem {stem}: for torchvision's ResNets ({', '.join(TORCHVISION)}); {arch} keeps its own")
+        raise UnknownArch(f"--stem {stem}: for torchvision's ResNets ({', '.join(TORCHVISION_ARCHS)}); "
+                          f"{arch} keeps its own")
     return _resnet(arch, stem) if family == "torchvision" else TimmBody(arch)
