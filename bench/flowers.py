@@ -5,12 +5,18 @@ split once by a fixed seed into 2,000 train and 2,317 valid (stratified), with w
 - `--code DIR` runs another checkout's raycat (its folder first on PYTHONPATH): before/after in one
   script, on the same machine and photos.
 - `--precision fp32|bf16|auto` (default auto: bf16 only on CPUs with AMX).
+- `--flags ...` adds raycat flags (for instance `--precompute-epochs 1 --unfrozen-cycles 0`: the head as
+  the last round trained it, alone).
+- `--fastai` also runs fastai 2.8's `fine_tune(1)` on the same photos, body and weights (bench/lesson.py's
+  script: lr_find valley, one frozen epoch, one unfrozen, TTA), whole command, and gives raycat's time
+  as a ratio of it.
 
 The photos come from the public repository martinwestin/flower_classification: bring it with the
 search tool's `fetch github:martinwestin/flower_classification` and pass its git directory as
 --repo. They are extracted into bench/data/flowers (not tracked).
 
-usage: python bench/flowers.py [--repo GIT_DIR] [--code DIR --label before] [--seeds 0] [--no-write]
+usage: python bench/flowers.py [--repo GIT_DIR] [--code DIR --label before] [--seeds 0] [--flags ...] [--fastai]
+       [--no-write]
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
+import lesson  # noqa: E402
 from real_photos import git_folder  # noqa: E402
 from results import machine, write_section  # noqa: E402
 from time_to_accuracy import EPOCH_ROW, timed_run  # noqa: E402
@@ -89,13 +96,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--out", default=os.path.join(HERE, "data", "flowers-runs"))
+    ap.add_argument("--flags", nargs=argparse.REMAINDER, default=[], help="more raycat flags (last on the line)")
+    ap.add_argument("--fastai", action="store_true", help="also run fastai 2.8's fine_tune(1) (bench/lesson.py)")
+    ap.add_argument("--reuse", action="store_true", help="read back a fastai run already in --out")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    lesson.REUSE = args.reuse
     data = extract(args.repo, os.path.join(HERE, "data", "flowers"))
     counts = {s: sum(len(os.listdir(os.path.join(data, s, c))) for c in os.listdir(os.path.join(data, s)))
               for s in ("train", "valid")}
     results = [run(data, os.path.join(args.out, f"{args.label.replace(' ', '_')}-{s}"), s, args.code,
-                   ["--precision", args.precision]) for s in args.seeds]
+                   ["--precision", args.precision, *args.flags]) for s in args.seeds]
+    os.makedirs(args.out, exist_ok=True)
+    fa = lesson.fastai_fine_tune(data, 0, args.out) if args.fastai else None
     lines = []
     for r in results:
         m = r["metrics"]
@@ -106,9 +119,20 @@ def main() -> None:
                      f"{m['ray_start_seconds']:.0f} s, to the first step {m.get('to_first_step_seconds') or 0:.0f} s"
                      + (f"; {parts}" if parts else f"; validation {m['valid_seconds']:.0f} s") + ".")
         lines.append("  ```\n" + "\n".join(f"  {x}" for x in r["rows"]) + "\n  ```")
+    if fa:
+        lines.append(f"- fastai 2.8.12 `fine_tune(1)` (seed 0; lr_find valley {fa['lr']:.2e}, one frozen epoch, one "
+                     f"unfrozen, TTA; Lite0 from the same installed weights): **{fa['wall']:.0f} s** whole command, "
+                     f"valid accuracy {fa['accuracy']:.4f} ({fa['accuracy_tta']:.4f} with TTA), "
+                     f"{fa['to_validate']:.0f} s to its validated model.")
+        for r in results:
+            m = r["metrics"]
+            lines.append(f"- raycat seed {r['seed']} / fastai: **{r['wall'] / fa['wall']:.2f}x** the whole command "
+                         f"(target <= 0.5x), at {m['valid_accuracy_tta']:.4f} against {fa['accuracy_tta']:.4f} "
+                         "with TTA (target: at least fastai's).")
+    extra = "".join(f" {f}" for f in args.flags)
     body = f"""## The lesson at its scale: flowers, 2,000 train photos (`bench/flowers.py`)
 
-`raycat train DATA --size 224 --workers 2 --precision {args.precision}` (the default body, Lite0 from
+`raycat train DATA --size 224 --workers 2 --precision {args.precision}{extra}` (the default body, Lite0 from
 ImageNet), {counts['train']} train and {counts['valid']} valid photos (5 classes, 128 px thumbnails upscaled).
 Machine: {machine()}.
 

@@ -30,6 +30,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -212,6 +213,7 @@ GRID = [
     ("no bn-freeze", ["--no-bn-freeze"]),
     ("size 160", ["--size", "160"]),
     ("precompute 0", ["--precompute-epochs", "0"]),
+    ("precompute 1 (the last round's default)", ["--precompute-epochs", "1"]),
     ("batch 32 a worker (64 a step)", ["--batch-size", "32"]),
 ]
 
@@ -221,7 +223,7 @@ def grid(args, data: str) -> str:
     for label, flags in [g for g in GRID if not args.only or g[0] in args.only]:
         size = flags[flags.index("--size") + 1] if "--size" in flags else str(SIZE)
         rest = [f for i, f in enumerate(flags) if f != "--size" and (i == 0 or flags[i - 1] != "--size")]
-        r = raycat_train(data, os.path.join(args.out, f"grid-{label.replace(' ', '-')}"), 0,
+        r = raycat_train(data, os.path.join(args.out, "grid-" + re.sub(r"[^\w.]+", "-", label).strip("-")), 0,
                          ["--arch", ARCH, "--size", size, "--workers", "2", *rest])
         m = r["metrics"]
         at93 = next((t for t, _, a in r["curve"] if a >= 0.93), None)

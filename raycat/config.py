@@ -80,6 +80,7 @@ def _non_negative(cfg: Any, *names: str) -> None:
 
 
 DEFAULT_BATCH, MIN_STEPS = 64, 16  # Recipe.batch_for
+PRECOMPUTE_CAP = 20  # epochs on precomputed activations at most, by default (Recipe.resolved)
 
 
 
@@ -106,14 +107,16 @@ class Recipe:
                           choices=LR_SUGGESTIONS)
     lr_mult: float | None = arg(None, "m: layer groups train at [lr/m^2, lr/m, lr] after unfreezing "
                                 "(default: 3 with pretrained weights, 1 from scratch)")
-    precompute_epochs: int | None = arg(None, "epochs of the head on precomputed body activations "
-                                        "(default: 1 with pretrained weights, 0 from scratch)")
+    precompute_epochs: int | None = arg(None, "epochs of the head on precomputed body activations at most: the "
+                                        "stage ends at the first epoch that does not lower the valid loss "
+                                        "(--until-overfit); default: 20 with pretrained weights, 0 from scratch")
     head_cycles: int | None = arg(None, "SGDR cycles (cycle_len=1) of the head with augmentation "
                                   "(default: 1 with pretrained weights, 0 from scratch)")
     unfrozen_cycles: int | None = arg(None, "SGDR cycles after unfreezing at most (cycle_mult=2: 1+2 epochs for 2, "
                                       "1+2+4 for 3; default: 4 with pretrained weights, 3 from scratch)")
-    until_overfit: bool = arg(True, "end the unfrozen stage after the first SGDR cycle that does not lower the "
-                              "valid loss (the lesson's 'until over-fitting'); --no-until-overfit runs every cycle")
+    until_overfit: bool = arg(True, "end the precompute stage at the first epoch, and the unfrozen stage after the "
+                              "first SGDR cycle, that does not lower the valid loss (the lesson's 'until "
+                              "over-fitting'); --no-until-overfit runs every epoch and cycle")
     cycle_len: int = arg(1, "epochs in the first SGDR cycle")
     cycle_mult: int = arg(2, "each unfrozen cycle is this many times longer than the one before")
     schedule: str = arg("sgdr", "the unfrozen stage's rates: sgdr (cosine, restarting each cycle) or one_cycle "
@@ -160,7 +163,9 @@ class Recipe:
         pre = self.pretrained
         return dataclasses.replace(
             self,
-            precompute_epochs=(1 if pre else 0) if self.precompute_epochs is None else self.precompute_epochs,
+            # (a cap: an epoch on the activations costs about a second; until_overfit ends the stage)
+            precompute_epochs=(PRECOMPUTE_CAP if pre else 0) if self.precompute_epochs is None
+            else self.precompute_epochs,
             # (chosen by time to accuracy on ants/bees from ImageNet: bench/RESULTS.md, "Choosing the defaults")
             head_cycles=(1 if pre else 0) if self.head_cycles is None else self.head_cycles,
             # (a cap: the stage ends at the first cycle that does not lower the valid loss, until_overfit)

@@ -95,3 +95,22 @@ def test_keep_top_merges_candidates_in_bounded_memory():
 def test_blend_beta_extremes():
     a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
     assert torch.equal(blend(a, [b], 0.0), a) and torch.equal(blend(a, [b], 1.0), b)
+
+
+def test_tta_from_plain_probabilities_in_hand_equals_the_blended_pass():
+    """The recipe's final TTA scores the augmented views alone and blends them with the plain
+    probabilities the best epoch's validation gave: the same numbers as one pass over every view."""
+    from raycat.core.tta import augmented_views
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    spec = AugmentSpec("side_on", 1.1, mean=(0.5,) * 3, std=(0.5,) * 3)
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    batches = [(images[:6], torch.zeros(6)), (images[6:], torch.ones(4))]
+    whole, labels = evaluate(model, batches, tta_views(spec, 3, torch.Generator().manual_seed(1)), 4)
+    plain, _ = evaluate(model, batches, tta_views(spec, 0, torch.Generator()), 4)
+    mean, mean_labels = evaluate(model, batches, augmented_views(spec, 3, torch.Generator().manual_seed(1)), 4,
+                                 blended=False)
+    assert torch.equal(mean_labels, labels)
+    assert torch.allclose(blend(plain, [mean]), whole, atol=1e-6)
+    assert not torch.allclose(mean, plain, atol=1e-3)  # the views do differ: the check can tell

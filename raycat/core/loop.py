@@ -29,6 +29,12 @@ from raycat.core.tta import View, plain_view
 GATHER_FEATURES_BYTES = 1 << 30  # every worker holds everyone's activations up to this (Loop.all_features)
 
 
+def gathers_features(total_bytes: float) -> bool:
+    """Whether every worker holds everyone's train activations (`total_bytes`, all workers'
+    together): the one rule Loop.all_features follows and the shell reserves memory by."""
+    return total_bytes <= GATHER_FEATURES_BYTES
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str  # precompute | head | unfrozen (as history.csv names them)
@@ -99,6 +105,10 @@ class Loop:
         self.first_step_at: float | None = None  # wall-clock time of the run's first optimizer step
         self._features: tuple[torch.Tensor, ...] | None = None
         self._all_features: tuple[torch.Tensor, torch.Tensor] | None = None
+        # The plain valid (probabilities, labels) of the run's best epoch so far, as its validation
+        # gave them (recipe.py keeps them): the run's final metrics need no pass of their own.
+        # In memory only: a resumed run scores its best weights again.
+        self.best_valid: tuple[torch.Tensor, torch.Tensor] | None = None
         self.model.to(device=device, memory_format=memory_format(device, precision))
 
     def reseed(self, seed: int) -> None:
@@ -259,18 +269,19 @@ class Loop:
             f, y = self.features()[:2]
             total = self.comm.mean(float(f.numel() * f.element_size())) * self.comm.world_size
             self._all_features = (self.comm.gather(f).to(self.device), self.comm.gather(y).to(self.device)) \
-                if total <= GATHER_FEATURES_BYTES else ()
+                if gathers_features(total) else ()
         return self._all_features or None
 
     def _plain(self, x: torch.Tensor) -> torch.Tensor:
         return normalize(x, self.spec).contiguous(memory_format=memory_format(self.device, self.precision))
 
-    def valid(self, stage: Stage, views: list[View] | None = None, beta: float = 0.25
+    def valid(self, stage: Stage, views: list[View] | None = None, beta: float = 0.25, blended: bool = True
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Probabilities and labels of the whole valid set (every worker's part), on every worker.
 
         On activations the head scores them as they are (a frozen stage on images too, once they
-        are cached); on images, through `views` (default: the plain view alone)."""
+        are cached); on images, through `views` (default: the plain view alone): the first blended
+        with the rest, or their mean (`blended=False`, core.evaluate)."""
         self.model.eval()
         k = self.model.n_classes
         # A frozen body's activations of the plain valid images are what precompute cached: a frozen
@@ -284,5 +295,5 @@ class Loop:
         else:
             fmt = memory_format(self.device, self.precision)
             probs, labels = evaluate(lambda x: self._forward(self.model, x.contiguous(memory_format=fmt)),
-                                     self.data.valid_batches(), views or [plain_view(self.spec)], k, beta)
+                                     self.data.valid_batches(), views or [plain_view(self.spec)], k, beta, blended)
         return self.comm.gather(probs), self.comm.gather(labels)

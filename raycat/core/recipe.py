@@ -3,7 +3,8 @@
 With a pretrained body (ImageNet's, or a file's):
 
     lr_find (the head, frozen body, on precomputed activations)
-    -> the head on precomputed activations (--precompute-epochs)
+    -> the head on precomputed activations (--precompute-epochs at most: an epoch there costs a
+       second, so it trains until an epoch does not lower the valid loss)
     -> the head with augmentation, SGDR cycle_len=1 (--head-cycles)
     -> unfreeze, differential rates [lr/m^2, lr/m, lr], lr_find again
     -> the unfrozen stage: SGDR cycle_len, cycle_mult (or one cycle) for --unfrozen-cycles,
@@ -33,7 +34,7 @@ from raycat.core.data import RecipeData
 from raycat.core.loop import HEAD, PRECOMPUTE, UNFROZEN, Loop, Optim, Stage
 from raycat.core.model import Classifier, cpu_state
 from raycat.core.schedules import group_lrs, sgdr_lr, stage_lr, total_epochs
-from raycat.core.tta import tta_views
+from raycat.core.tta import DEFAULT_BETA, augmented_views, blend
 
 if TYPE_CHECKING:  # the recipe arrives as a value (config.Recipe, a plain dataclass); the core never imports the face
     from raycat.config import Recipe
@@ -61,6 +62,7 @@ class RecipeState:
     stage_last: float = math.inf  # the unfrozen stage's latest valid loss, for early stopping
     bad_epochs: int = 0
     stopped_early: bool = False
+    precompute_stopped: bool = False  # an epoch on the activations did not lower the valid loss
     cycle_best_before: float = math.inf  # the best valid loss when the unfrozen stage's current cycle began
     model_state: dict | None = None
     seconds: float = 0.0  # in the recipe's units, validation included
@@ -195,7 +197,7 @@ def run(recipe: Recipe, model: Classifier, data: RecipeData, comm, device: torch
                     found["on"] += "; no descent to read: half the head's rate was used"
                     say(f"lr_find_unfrozen: no descent to read (the model is already good); the unfrozen stage "
                         f"starts at half the head's rate, {state.unfrozen_lr:.2e}")
-        elif unit == "unfrozen" and state.stopped_early:
+        elif (unit == "unfrozen" and state.stopped_early) or (unit == "precompute" and state.precompute_stopped):
             if i < len(units) - 1:
                 continue  # nothing ran: no new state to save
         else:
@@ -269,8 +271,18 @@ def _epoch(loop: Loop, r: Recipe, state: RecipeState, stage: Stage, epoch: int, 
                 "are kept")
         state.notes.append(note)
         say(f"  ! {note}")
-    if valid_loss < state.best_valid_loss:
+    improved = valid_loss < state.best_valid_loss
+    if improved:
         state.best_valid_loss, state.best_epoch, state.best_state = valid_loss, name, cpu_state(loop.model)
+        loop.best_valid = (probs, labels)
+    if stage is PRECOMPUTE and r.until_overfit and not improved and epoch < r.precompute_epochs - 1:
+        # The lesson's "fit on the precomputed activations" was a few epochs of a 23,000-photo set:
+        # hundreds of steps. At 2,000 photos an epoch is 16 steps, and one left a flowers head at
+        # 0.64 (bench/RESULTS.md). An epoch here costs about a second, validation included, so the
+        # head trains on the activations until an epoch stops lowering the valid loss.
+        state.precompute_stopped = True
+        say(f"precompute epoch {epoch + 1} did not lower the valid loss ({state.best_valid_loss:.4f}, "
+            f"{state.best_epoch}): the head goes on to augmented images")
     if stage is UNFROZEN:
         # "Risen for --patience epochs": that many epochs in a row, each worse than the one before.
         # An SGDR restart raises the loss for an epoch by design and the rest of its cycle brings it
@@ -307,7 +319,9 @@ def _finish(loop: Loop, r: Recipe, state: RecipeState, say: Callable[[str], None
         loop.model.load_state_dict(state.best_state)
         state.model_state = state.best_state
     t0 = time.time()
-    probs, labels = loop.valid(UNFROZEN)
+    # The best epoch's own validation scored these weights on the plain view: no pass again
+    # (issue 42: a pass through the body on the same images for the same numbers).
+    probs, labels = loop.best_valid if loop.best_valid is not None else loop.valid(UNFROZEN)
     n = loop.model.n_classes
     final: dict[str, Any] = {
         "valid_loss": metrics.nll_of_probs(probs, labels),
@@ -319,11 +333,14 @@ def _finish(loop: Loop, r: Recipe, state: RecipeState, say: Callable[[str], None
     state.spent("validation", time.time() - t0)
     if r.tta > 0:
         t1 = time.time()
-        views = tta_views(loop.spec, r.tta, loop.gen)
-        tta_probs, tta_labels = loop.valid(UNFROZEN, views)
+        # The augmented views alone; the plain view's probabilities are in hand (fast.ai's blend).
+        augmented, tta_labels = loop.valid(UNFROZEN, augmented_views(loop.spec, r.tta, loop.gen), blended=False)
+        if not torch.equal(tta_labels, labels):
+            raise RuntimeError("TTA: the valid set's order changed between passes")
+        tta_probs = blend(probs, [augmented], DEFAULT_BETA)
         state.spent("TTA", time.time() - t1)
-        final["valid_accuracy_tta"] = metrics.accuracy(tta_probs, tta_labels)
-        final["valid_loss_tta"] = metrics.nll_of_probs(tta_probs, tta_labels)
+        final["valid_accuracy_tta"] = metrics.accuracy(tta_probs, labels)
+        final["valid_loss_tta"] = metrics.nll_of_probs(tta_probs, labels)
     else:
         final["valid_accuracy_tta"] = final["valid_accuracy"]
         final["valid_loss_tta"] = final["valid_loss"]

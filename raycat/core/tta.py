@@ -29,7 +29,12 @@ def augmented_view(spec: AugmentSpec, gen: torch.Generator) -> View:
 
 def tta_views(spec: AugmentSpec, n_augmented: int, gen: torch.Generator) -> list[View]:
     """The plain view first, then `n_augmented` augmented ones (none: plain inference)."""
-    return [plain_view(spec)] + [augmented_view(spec, gen) for _ in range(n_augmented)]
+    return [plain_view(spec)] + augmented_views(spec, n_augmented, gen)
+
+
+def augmented_views(spec: AugmentSpec, n: int, gen: torch.Generator) -> list[View]:
+    """TTA's `n` augmented views alone (for a caller that has the plain view's probabilities)."""
+    return [augmented_view(spec, gen) for _ in range(n)]
 
 
 def blend(plain: torch.Tensor, augmented: Sequence[torch.Tensor], beta: float = DEFAULT_BETA) -> torch.Tensor:

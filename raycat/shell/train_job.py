@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from raycat.config import TrainConfig
-from raycat.core.loop import GATHER_FEATURES_BYTES
+from raycat.core.loop import gathers_features
 from raycat.core.recipe import SWEEP_ALWAYS, SWEEP_ONLY, SWEEP_UNLESS_LR
 from raycat.edge import outputs, report, storage, weights
 from raycat.edge.layout import scan_layout
@@ -61,7 +61,7 @@ def activations_bytes(n_train: int, n_valid: int, dim: int, workers: int) -> int
     train and valid ones, and everyone's train ones where they fit the gather limit (Loop.all_features)."""
     everyone = n_train * dim * 4
     own = -(-(n_train + n_valid) // workers) * dim * 4
-    return own + (everyone if everyone <= GATHER_FEATURES_BYTES else 0)
+    return own + (everyone if gathers_features(everyone) else 0)
 
 
 def resize_interval_s() -> float:
