@@ -117,6 +117,8 @@ class Recipe:
     until_overfit: bool = arg(True, "end the precompute stage at the first epoch, and the unfrozen stage after the "
                               "first SGDR cycle, that does not lower the valid loss (the lesson's 'until "
                               "over-fitting'); --no-until-overfit runs every epoch and cycle")
+    min_gain: float = arg(0.05, "with --until-overfit, an unfrozen cycle must lower the best valid loss by this "
+                          "fraction of it for the next cycle, twice as long, to run (0: any drop)")
     cycle_len: int = arg(1, "epochs in the first SGDR cycle")
     cycle_mult: int = arg(2, "each unfrozen cycle is this many times longer than the one before")
     schedule: str = arg("sgdr", "the unfrozen stage's rates: sgdr (cosine, restarting each cycle) or one_cycle "
@@ -147,6 +149,7 @@ class Recipe:
         _check(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _check(self.lr_mult is None or self.lr_mult >= 1, "lr_mult", f"must be >= 1, got {self.lr_mult}")
         _check(0 <= self.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        _check(0 <= self.min_gain < 1, "min_gain", f"must be in [0, 1), got {self.min_gain}")
         _non_negative(self, "tta", "weight_decay", "momentum", "bn_images")
         for name in ("precompute_epochs", "head_cycles", "unfrozen_cycles"):
             _check(getattr(self, name) is None or getattr(self, name) >= 0, name, "must be >= 0")

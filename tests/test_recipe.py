@@ -237,7 +237,7 @@ def test_a_stage_still_improving_is_not_cut_short():
     """A cycle that lowered the best valid loss is followed by the next, up to the cap."""
     from raycat.core.recipe import cycle_bounds
 
-    r = recipe(lr=0.01, unfrozen_cycles=3, precompute_epochs=0, head_cycles=0)
+    r = recipe(lr=0.01, unfrozen_cycles=3, precompute_epochs=0, head_cycles=0, min_gain=0.0)
     model, data = setup()
     state = go(r, model, data)
     losses = [h["valid_loss"] for h in state.history if h["stage"] == "unfrozen"]
@@ -252,6 +252,30 @@ def test_a_stage_still_improving_is_not_cut_short():
         if not lowered:
             assert len(losses) == last + 1, (k, losses)  # and none after it
     assert cycle_bounds(1, 2, 3) == [(0, 0), (1, 2), (3, 6)]
+
+
+def test_a_cycle_that_gains_less_than_min_gain_ends_the_stage_and_one_that_gains_more_does_not():
+    """--min-gain: the next cycle, twice as long, runs only where the last lowered the best valid
+    loss by that fraction of it. The same run's first cycle decides: a threshold just above its
+    gain ends the stage there, saying by how much it lowered the loss; one just below lets the
+    second cycle run."""
+    base = dict(lr=0.01, unfrozen_cycles=3, precompute_epochs=0, head_cycles=0, tta=0)
+    model, data = setup()
+    first = go(recipe(**base, until_overfit=False), model, data)
+    losses = [h["valid_loss"] for h in first.history]
+    # the first cycle is epoch 1; what it must beat is the best before the stage (none: inf), so
+    # the decision that matters is cycle 2's: its best against epoch 1's loss
+    gain = 1 - min(losses[1:3]) / losses[0]
+    assert gain > 0.02, losses  # the stage does improve in its second cycle: the threshold can tell
+    said = []
+    model, data = setup()
+    above = run(recipe(**base, min_gain=gain + 0.01), model, data, LocalComm(), torch.device("cpu"), None,
+                log=said.append)
+    assert len(above.history) == 3 and above.stopped_early, above.history
+    assert any(f"unfrozen cycle 2 (epochs 2-3) lowered the valid loss by {gain:.1%}" in line for line in said), said
+    model, data = setup()
+    below = go(recipe(**base, min_gain=gain - 0.01), model, data)
+    assert len(below.history) > 3, below.history  # the third cycle ran
 
 
 def test_the_unfrozen_stage_starts_at_the_head_s_rate_where_an_epoch_is_too_short_to_sweep():
