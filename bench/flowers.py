@@ -82,7 +82,7 @@ def run(data: str, out: str, seed: int, code: str | None, flags: list[str]) -> d
     best_at = None
     for t, line in lines:  # when the run's final accuracy was first reached by an epoch row
         hit = EPOCH_ROW.search(line)
-        if hit and float(hit.group(3)) >= m["valid_accuracy"] - 1e-9:
+        if hit and float(hit.group(3)) >= round(m["valid_accuracy"], 4) - 1e-9:  # (the table shows 4 places)
             best_at = t
             break
     return {"wall": wall, "metrics": m, "rows": rows, "best_at": best_at, "seed": seed}
@@ -113,9 +113,10 @@ def main() -> None:
     for r in results:
         m = r["metrics"]
         parts = ", ".join(f"{k} {v:.0f} s" for k, v in (m.get("seconds_by_part") or {}).items())
+        reached = f"{r['best_at']:.0f} s" if r["best_at"] is not None else "-"
         lines.append(f"- {args.label}, seed {r['seed']}: **{r['wall']:.0f} s** whole command; valid accuracy "
                      f"{m['valid_accuracy']:.4f} ({m['valid_accuracy_tta']:.4f} with TTA), {m['epochs']} epochs, "
-                     f"its final accuracy first reached at {r['best_at'] or 0:.0f} s; Ray start "
+                     f"its final accuracy first reached at {reached}; Ray start "
                      f"{m['ray_start_seconds']:.0f} s, to the first step {m.get('to_first_step_seconds') or 0:.0f} s"
                      + (f"; {parts}" if parts else f"; validation {m['valid_seconds']:.0f} s") + ".")
         lines.append("  ```\n" + "\n".join(f"  {x}" for x in r["rows"]) + "\n  ```")
