@@ -298,7 +298,7 @@ def _epoch(loop: Loop, r: Recipe, state: RecipeState, stage: Stage, epoch: int, 
         # Until over-fitting: a cycle that ends without lowering the best valid loss ends the stage
         # (the next, twice as long, would be spent on a model that has stopped improving); so does
         # one that lowered it by less than --min-gain of it. On flowers an unfrozen epoch costs four
-        # minutes; its first cycle took the loss from 0.741 to 0.716 (3%, accuracy +0.4 points), and
+        # minutes; its first cycle took the loss from 0.724 to 0.716 (1.1%, accuracy +0.4 points), and
         # the cycles after it, 2, 4 and 8 epochs, would have been an hour (bench/RESULTS.md).
         k = next((i for i, (_, last) in enumerate(cycles) if last == epoch), None)
         if not state.stopped_early and k is not None and k < len(cycles) - 1 \
