@@ -104,16 +104,23 @@ class Scorer:
     Python, so tests run it in one process."""
 
     def __init__(self, spec: ScoringSpec):
-        from raycat.core.device import memory_format, pick_device, resolve_precision, use_cpu_threads
+        import torch
+
+        from raycat.core.device import keep_freed_memory, memory_format, pick_device, resolve_precision, use_cpu_threads
+        from raycat.core.fold_bn import fold_batchnorm
         from raycat.edge import model_card
 
         use_cpu_threads(spec.cpus)
+        keep_freed_memory()  # each batch reuses the last one's memory (core/device.py)
         self.spec = spec
         self.card = model_card.ModelCard.parse(spec.card, spec.model)
         self.device = pick_device(spec.gpu)
         self.precision = resolve_precision(spec.precision, self.device)
         fmt = memory_format(self.device, self.precision)  # the model's weights in the layout its input comes in
-        self.model = model_card.load(spec.model, self.card).to(self.device, memory_format=fmt)
+        model = model_card.load(spec.model, self.card).to(self.device, memory_format=fmt)
+        # BatchNorms folded into their convolutions: the same numbers without their passes (core/fold_bn.py)
+        example = torch.randn(2, 3, self.card.size, self.card.size, device=self.device).contiguous(memory_format=fmt)
+        self.model, self.folded_bn = fold_batchnorm(model, example)
         # Threads that wait on storage (not counted in the reservation: they are idle while waiting),
         # and threads that decode (as many as the CPUs reserved).
         self.io_pool = ThreadPoolExecutor(max_workers=IO_THREADS)
