@@ -212,6 +212,8 @@ def main() -> None:
     ap.add_argument("--baseline", choices=("decode", "pt2"), default="decode",
                     help="decode: the plain loop with raycat's decoder and model; pt2: PIL and raycat's exported "
                          "model.pt2, nothing of raycat's")
+    ap.add_argument("--kept-baseline", action="store_true",
+                    help="also the plain loop in a process that keeps freed memory (raycat's allocator setting)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     n_default, size_default, section, what = SOURCES[args.source]
@@ -231,6 +233,17 @@ def main() -> None:
         loop = pt2_loop if args.baseline == "pt2" else plain_loop
         base = [loop(model, images, os.path.join(tmp, f"plain{i}"), args.precision) for i in range(args.runs)]
         print("plain", base, flush=True)
+        kept = []
+        if args.kept_baseline:
+            # The same loop once this process keeps the memory torch frees, as raycat's actors do
+            # (core/device.keep_freed_memory): what of raycat's lead any loop gets with one setting. Last:
+            # the setting can't be undone in a process.
+            from raycat.core.device import keep_freed_memory
+
+            if not keep_freed_memory():
+                raise SystemExit("--kept-baseline: keep_freed_memory did not take effect here (not glibc?)")
+            kept = [loop(model, images, os.path.join(tmp, f"kept{i}"), args.precision) for i in range(args.runs)]
+            print("plain, kept", kept, flush=True)
         t = time.perf_counter()
         # `ray start` turns token auth on (Ray 2.60's default); the commands that join it need to know.
         os.environ["RAY_AUTH_MODE"] = "token"
@@ -260,6 +273,9 @@ def main() -> None:
     after_ready = statistics.median(f - a for _, f, a in ours)
     tta_row = (f"| raycat predict --tta 4 (one run) | {n / tta4[0]:.1f} | {n / tta4[0] / b:.2f}x |\n"
                if tta4 else "")
+    kept_row = (f"| the same plain loop, in a process that keeps freed memory (raycat's allocator setting, "
+                f"core/device.keep_freed_memory; seconds {', '.join(f'{k:.1f}' for k in kept)}) | "
+                f"{n / statistics.median(kept):.1f} | {n / statistics.median(kept) / b:.2f}x |\n" if kept else "")
     title = ("" if args.source == "synthetic" else f" --source {args.source}") + \
         (" --ray lean" if args.ray == "lean" else "") + (" --precision bf16" if args.precision == "bf16" else "") + \
         (f" --arch {args.arch}" if args.arch != "resnet18" else "") + \
@@ -283,7 +299,7 @@ Machine: {machine()}.
 | run | img/s (whole command) | vs plain loop |
 |---|---|---|
 | plain PyTorch loop ({plain_what}: list, decode, score, write Parquet; 1 process) | {b:.1f} | 1.00x |
-| raycat predict --tta 0 | {r0:.1f} | {r0 / b:.2f}x |
+{kept_row}| raycat predict --tta 0 | {r0:.1f} | {r0 / b:.2f}x |
 {tta_row}
 Fixed cost per command (start to the first shard's summary, which includes scoring that shard's
 512 images): {fixed:.1f} s: the scoring actors were up after {ready:.1f} s, and the first shard's summary came
