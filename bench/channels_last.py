@@ -6,7 +6,7 @@ and `predict` then ran at half the speed of a plain loop over model.pt2, whose N
 reaches its convolutions channels_last. bf16 already ran channels_last (unchanged).
 A third scoring column ("folded"): channels_last with the BatchNorms folded into their convolutions, as the
 scoring actor runs its model (core/fold_bn.py). Then the allocator: each body again in a process that
-keeps the memory torch frees (core/device.keep_freed_memory, as raycat's workers and actors do) against
+keeps the memory torch frees (results.keep_freed_memory, an experiment raycat does not ship) against
 one that does not (glibc's default: a batch's large blocks unmapped when freed, faulted in again by
 the next), each in a fresh process.
 
@@ -28,9 +28,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from results import machine, write_section  # noqa: E402
+from results import keep_freed_memory, machine, write_section  # noqa: E402
 
-from raycat.core.device import keep_freed_memory  # noqa: E402
 from raycat.core.fold_bn import fold_batchnorm  # noqa: E402
 from raycat.core.model import create_model  # noqa: E402
 
@@ -115,7 +114,7 @@ Machine: {machine()}.
 {chr(10).join(rows)}
 
 Rows above: glibc's default allocator. The allocator, channels_last, each body in a fresh process that
-keeps freed memory (`core/device.keep_freed_memory`) against one with glibc's default, images/s:
+keeps freed memory (`bench/results.keep_freed_memory`) against one with glibc's default, images/s:
 
 | body | batch | scoring, default | scoring, kept | ratio | training, default | training, kept | ratio |
 |---|---|---|---|---|---|---|---|
@@ -123,8 +122,9 @@ keeps freed memory (`core/device.keep_freed_memory`) against one with glibc's de
 
 raycat now trains and scores channels_last in fp32 as in bf16 (`core/device.memory_format`), and the scoring
 actor puts its model's weights in that layout too, with its BatchNorms folded into their convolutions
-(`core/fold_bn.py`; an eval-mode BatchNorm is a fixed scale and shift the convolution can apply for free),
-and every Train worker and scoring actor keeps the memory torch frees (`core/device.keep_freed_memory`).
+(`core/fold_bn.py`; an eval-mode BatchNorm is a fixed scale and shift the convolution can apply for free).
+Keeping freed memory is not shipped: the heap grows several times over before it reuses freed blocks, and
+Train workers so set were OOM-killed (bench/results.keep_freed_memory).
 """
     print(body)
     if not args.no_write:

@@ -213,7 +213,7 @@ def main() -> None:
                     help="decode: the plain loop with raycat's decoder and model; pt2: PIL and raycat's exported "
                          "model.pt2, nothing of raycat's")
     ap.add_argument("--kept-baseline", action="store_true",
-                    help="also the plain loop in a process that keeps freed memory (raycat's allocator setting)")
+                    help="also the plain loop in a process that keeps freed memory (results.keep_freed_memory)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     n_default, size_default, section, what = SOURCES[args.source]
@@ -235,10 +235,10 @@ def main() -> None:
         print("plain", base, flush=True)
         kept = []
         if args.kept_baseline:
-            # The same loop once this process keeps the memory torch frees, as raycat's actors do
-            # (core/device.keep_freed_memory): what of raycat's lead any loop gets with one setting. Last:
+            # The same loop once this process keeps the memory torch frees (an experiment raycat withdrew)
+            # (results.keep_freed_memory): what a plain loop gains from that one setting. Last:
             # the setting can't be undone in a process.
-            from raycat.core.device import keep_freed_memory
+            from results import keep_freed_memory
 
             if not keep_freed_memory():
                 raise SystemExit("--kept-baseline: keep_freed_memory did not take effect here (not glibc?)")
@@ -273,8 +273,8 @@ def main() -> None:
     after_ready = statistics.median(f - a for _, f, a in ours)
     tta_row = (f"| raycat predict --tta 4 (one run) | {n / tta4[0]:.1f} | {n / tta4[0] / b:.2f}x |\n"
                if tta4 else "")
-    kept_row = (f"| the same plain loop, in a process that keeps freed memory (raycat's allocator setting, "
-                f"core/device.keep_freed_memory; seconds {', '.join(f'{k:.1f}' for k in kept)}) | "
+    kept_row = (f"| the same plain loop, in a process that keeps freed memory (the allocator experiment, "
+                f"bench/results.keep_freed_memory; seconds {', '.join(f'{k:.1f}' for k in kept)}) | "
                 f"{n / statistics.median(kept):.1f} | {n / statistics.median(kept) / b:.2f}x |\n" if kept else "")
     title = ("" if args.source == "synthetic" else f" --source {args.source}") + \
         (" --ray lean" if args.ray == "lean" else "") + (" --precision bf16" if args.precision == "bf16" else "") + \

@@ -59,3 +59,23 @@ def write_random_model(out: str, classes: list[str], size: int, arch: str = "res
                                 std=list(model.std))
     model_card.write(out, model.state_dict(), card, export=export)
     return out
+
+
+def keep_freed_memory() -> bool:
+    """Make this process keep the memory torch frees (glibc: no mmap for large blocks, no trimming);
+    True where it took effect. A bench experiment, not raycat's: glibc unmaps each batch's activations
+    on free and the next batch faults them in again, which this removes; but the heap then grows
+    several times over before freed blocks are reused (torch's aligned allocations don't fit the holes
+    they leave), and raycat's Train workers, kept, grew to 7 GB each and were OOM-killed (RESULTS.md)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))

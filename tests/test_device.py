@@ -1,8 +1,4 @@
-"""Where work runs and at what precision (raycat/core/device.py): `--precision auto` per device, and the
-allocator setting every process that runs torch makes."""
-
-import subprocess
-import sys
+"""Where work runs and at what precision (raycat/core/device.py): `--precision auto` per device."""
 
 import pytest
 import torch
@@ -38,35 +34,3 @@ def test_predict_takes_a_precision_and_refuses_an_unknown_one():
     assert PredictConfig(model="m", images=["i"], out="o", precision="fp32").precision == "fp32"
     with pytest.raises(Exception, match="precision"):
         PredictConfig(model="m", images=["i"], out="o", precision="fp16")
-
-
-# A child process frees a 256 MB tensor and reports how much of it its RSS still holds (MB), and how
-# many page faults a second tensor of that size cost: what each batch pays when freed memory goes back
-# to the OS.
-_FREED = """
-import resource, sys, torch
-from raycat.core.device import keep_freed_memory
-kept = keep_freed_memory() if sys.argv[1] == "keep" else False
-def rss():
-    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) // 1024
-before = rss()
-x = torch.ones(64 * 2**20)  # 256 MB
-del x
-held = rss() - before
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-y = torch.ones(64 * 2**20)
-print(kept, held, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator (Linux)")
-def test_a_process_that_keeps_freed_memory_reuses_it_for_its_next_batch_without_faulting_it_in():
-    def run(mode):
-        out = subprocess.run([sys.executable, "-c", _FREED, mode], capture_output=True, text=True, check=True)
-        kept, held, faults = out.stdout.split()
-        return kept == "True", int(held), int(faults)
-
-    kept, held, faults = run("keep")
-    assert kept and held >= 200 and faults < 5000  # 256 MB is 65,536 pages of 4 KB
-    kept, held, faults = run("default")
-    assert not kept and held < 50 and faults > 30000  # glibc unmapped it: every page faulted in again

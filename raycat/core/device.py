@@ -29,40 +29,6 @@ def use_cpu_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_KEPT = False
-
-
-def keep_freed_memory() -> bool:
-    """Make this process keep the memory torch frees for its next batch instead of handing it back to
-    the OS; True where it took effect (glibc, so Linux), False elsewhere.
-
-    glibc serves every allocation over 32 MB (a batch's feature maps: 128 x 32 x 112 x 112 floats is
-    205 MB) with its own mmap and unmaps it when freed, so each batch starts by faulting in, and the
-    kernel zeroing, every page of its activations again. On a 2-core EPYC, kept, Lite0 scored 2.15x
-    faster at batch 128 and trained 1.5x faster at batch 32 (bench/channels_last.py, the allocator table).
-    With mmap off and no trimming, freed blocks go back to the heap and the next batch reuses them:
-    the process holds its peak, which is what its Ray memory reservation already counts.
-    """
-    global _KEPT
-    if _KEPT:
-        return True
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False  # not glibc (musl has no mallopt): its allocator, as it is
-    _KEPT = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    return _KEPT
-
-
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags as Linux reports them (empty elsewhere: nothing is assumed)."""

@@ -5,7 +5,7 @@ In eval mode a BatchNorm is a fixed per-channel scale and shift: the convolution
 the same arithmetic for free, and the BatchNorm's own pass over the activations (a full read and
 write of every feature map) is gone. On a CPU that pass is a share of a mobile body's time:
 EfficientNet-Lite0 scored 1.05x faster folded at batch 32 and 1.56x at 128, resnet34 1.03x
-(bench/channels_last.py, fp32, 2 threads, glibc's default allocator: see core/device.keep_freed_memory).
+(bench/channels_last.py, fp32, 2 threads; partly fewer large blocks for glibc to map and unmap).
 
 Which convolution feeds which BatchNorm is read from one forward pass of an example (a hook sees the
 very tensor a convolution returned arrive at a BatchNorm), not from module names, so any body whose

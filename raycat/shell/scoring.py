@@ -106,12 +106,11 @@ class Scorer:
     def __init__(self, spec: ScoringSpec):
         import torch
 
-        from raycat.core.device import keep_freed_memory, memory_format, pick_device, resolve_precision, use_cpu_threads
+        from raycat.core.device import memory_format, pick_device, resolve_precision, use_cpu_threads
         from raycat.core.fold_bn import fold_batchnorm
         from raycat.edge import model_card
 
         use_cpu_threads(spec.cpus)
-        keep_freed_memory()  # each batch reuses the last one's memory (core/device.py)
         self.spec = spec
         self.card = model_card.ModelCard.parse(spec.card, spec.model)
         self.device = pick_device(spec.gpu)

@@ -204,7 +204,7 @@ def train_loop(plan: WorkerPlan) -> None:
 
     from raycat.core import recipe as core_recipe
     from raycat.core.comm import LocalComm, TorchComm
-    from raycat.core.device import keep_freed_memory, resolve_precision, use_cpu_threads
+    from raycat.core.device import resolve_precision, use_cpu_threads
     from raycat.core.model import create_model
     from raycat.shell import console
 
@@ -214,7 +214,6 @@ def train_loop(plan: WorkerPlan) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if plan.gpu else torch.device("cpu")
     use_cpu_threads(plan.cpus)
-    keep_freed_memory()  # each batch reuses the last one's memory (core/device.py)
     # The global batch is the recipe's whatever the group's size: this worker's share of it.
     share = batch_share(plan.global_batch, world, rank)
     r = dataclasses.replace(r, batch_size=share)
